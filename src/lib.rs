@@ -1,0 +1,21 @@
+//! infnet: an Inf-Net (Fan et al., IEEE TMI 2020) inference engine.
+//!
+//! - `weights`: safetensors state_dicts with the public PyTorch key names;
+//! - `model`: the network as a `graph::Graph` of nodes over planned buffers (backbone, RFB, decoder, attention);
+//! - `cpu`: the CPU executor and ops (the reference for every other backend);
+//! - `engine`: the backend interface and device selection.
+
+pub mod cpu;
+pub mod engine;
+pub mod error;
+pub mod bench;
+pub mod graph;
+pub mod io;
+pub mod model;
+pub mod segment;
+pub mod weights;
+
+pub use engine::{Device, Engine, Outputs};
+pub use error::{Error, Result};
+pub use model::InfNet;
+pub use weights::{StateDict, Tensor};
