@@ -209,6 +209,21 @@ fn check_keys(sd: &StateDict, blocks: [usize; 4], nums: usize, downsample: [bool
     ))
 }
 
+/// Folds an eval-mode BatchNorm into the preceding convolution:
+/// W' = W · γ/√(σ²+ε) per output channel, b' = (b − μ) · γ/√(σ²+ε) + β.
+/// weight: cout × (cin·kh·kw), bias / gamma / beta / mean / var: cout.
+pub fn fold_batchnorm(weight: &mut [f32], bias: &mut [f32], gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32]) {
+    let cout = bias.len();
+    let per = weight.len() / cout;
+    for o in 0..cout {
+        let s = gamma[o] / (var[o] + BN_EPS).sqrt();
+        for v in &mut weight[o * per..(o + 1) * per] {
+            *v *= s;
+        }
+        bias[o] = (bias[o] - mean[o]) * s + beta[o];
+    }
+}
+
 /// Geometry of a convolution as the public code declares it (the weight supplies the channel counts).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Geom {
@@ -295,14 +310,7 @@ impl<'a> Builder<'a> {
                 }
             }
             if !bad {
-                let per = cin * geom.kh * geom.kw;
-                for o in 0..cout {
-                    let s = gamma.data[o] / (var.data[o] + BN_EPS).sqrt();
-                    for v in &mut weight[o * per..(o + 1) * per] {
-                        *v *= s;
-                    }
-                    b[o] = (b[o] - mean.data[o]) * s + beta.data[o];
-                }
+                fold_batchnorm(&mut weight, &mut b, &gamma.data, &beta.data, &mean.data, &var.data);
             }
         }
         ConvParam {
