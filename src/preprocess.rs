@@ -17,6 +17,10 @@
 //! which would destroy a 16-bit CT slice. We instead scale by 1/257 (65535 → 255) and keep the result
 //! as float, resampled like Pillow's float mode `F` (double weights, no rounding), i.e. the 16-bit
 //! slice behaves like an 8-bit one with extra precision rather than like what Pillow would do to it.
+//!
+//! Decoding is the `image` crate's, not libjpeg-turbo's: PNG and TIFF give identical samples, gray
+//! JPEGs agree with Pillow within one level, colour JPEGs can differ by several levels (chroma
+//! upsampling), so only the resampling onwards is bit-exact for them.
 
 use crate::error::{Error, Result};
 use image::DynamicImage;

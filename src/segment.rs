@@ -71,7 +71,8 @@ pub fn sigmoid(x: f32) -> f32 {
 }
 
 /// Probability at the original slice size: sigmoid at network resolution, then the bilinear resize
-/// used for inputs (Pillow's, which for upscaling equals `F.interpolate(.., align_corners=False)`).
+/// used for inputs (Pillow's, which for upscaling equals `F.interpolate(.., align_corners=False)`
+/// to 1e-5; when a slice is smaller than the network input it also antialiases, unlike `interpolate`).
 pub fn probability(logits: &[f32], size: usize, width: usize, height: usize) -> Vec<f32> {
     let p: Vec<f32> = logits.iter().map(|&x| sigmoid(x)).collect();
     preprocess::resize_plane_f32(&p, size, size, width, height)
