@@ -3,7 +3,8 @@
 //! - `weights`: safetensors state_dicts with the public PyTorch key names;
 //! - `model`: the network as a `graph::Graph` of nodes over planned buffers (backbone, RFB, decoder, attention);
 //! - `cpu`: the CPU executor and ops (the reference for every other backend);
-//! - `engine`: the backend interface and device selection.
+//! - `engine`: the backend interface and device selection;
+//! - `preprocess`, `segment`: image slices to network input (Pillow-exact) and `infnet segment`.
 
 pub mod cpu;
 pub mod engine;
@@ -12,6 +13,7 @@ pub mod bench;
 pub mod graph;
 pub mod io;
 pub mod model;
+pub mod preprocess;
 pub mod segment;
 pub mod weights;
 
