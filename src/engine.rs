@@ -28,7 +28,7 @@ pub fn check_input(t: &Tensor) -> Result<(usize, usize, usize)> {
 
 /// Inf-Net downsamples by 32: both sides must be positive multiples of 32.
 pub fn check_size(h: usize, w: usize) -> Result<()> {
-    if h == 0 || w == 0 || h % 32 != 0 || w % 32 != 0 {
+    if h == 0 || w == 0 || !h.is_multiple_of(32) || !w.is_multiple_of(32) {
         return Err(Error::invalid(format!(
             "input size {h}×{w} is not supported: height and width must be positive multiples of 32 (e.g. 352×352)"
         )));

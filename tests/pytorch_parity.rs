@@ -79,6 +79,8 @@ fn batchnorm_folding_matches_pytorch() {
     check("conv_bn (fast)", &fast, &f["conv_bn.y"], 1e-5);
 }
 
+type PoolOp = Box<dyn Fn(In, Out)>;
+
 fn run_unary(x: &Tensor, out_hw: (usize, usize), op: impl Fn(In, Out)) -> Vec<f32> {
     let xs = shape4(x);
     let ys = Shape::dense(xs.n, xs.c, out_hw.0, out_hw.1);
@@ -93,7 +95,7 @@ fn pools_match_pytorch() {
     let x = &f["maxpool.x"];
     let (h, w) = (x.shape[2], x.shape[3]);
     let out = |k, s, p, ceil| (ops::pool_out_size(h, k, s, p, ceil), ops::pool_out_size(w, k, s, p, ceil));
-    let cases: Vec<(&str, (usize, usize), Box<dyn Fn(In, Out)>)> = vec![
+    let cases: Vec<(&str, (usize, usize), PoolOp)> = vec![
         ("maxpool", out(3, 2, 1, false), Box::new(|a, b| ops::max_pool(a, b, 3, 2, 1))),
         ("avgpool3s2", out(3, 2, 1, false), Box::new(|a, b| ops::avg_pool(a, b, 3, 2, 1, true))),
         ("avgpool3s1", out(3, 1, 1, false), Box::new(|a, b| ops::avg_pool(a, b, 3, 1, 1, true))),

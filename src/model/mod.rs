@@ -108,7 +108,7 @@ fn detect_structure(sd: &StateDict) -> Result<([usize; 4], usize, [bool; 4])> {
     while has(&format!("resnet.layer1.0.convs.{nums}.weight")) {
         nums += 1;
     }
-    if blocks.iter().any(|&b| b == 0) || nums == 0 {
+    if blocks.contains(&0) || nums == 0 {
         let found = sd.tensors.keys().take(5).cloned().collect::<Vec<_>>().join(", ");
         return Err(Error::file(
             &sd.path,

@@ -93,6 +93,7 @@ pub fn state_dict(spec: &Spec, seed: u64) -> StateDict {
     g.bn("resnet.bn1", s1);
     let mut inplanes = s1;
     let mut outs = [0; 4];
+    #[allow(clippy::needless_range_loop)] // s names the stage in keys and picks its stride
     for s in 0..4 {
         let planes = spec.planes[s];
         let width = planes * spec.base_width / 64;
