@@ -400,3 +400,46 @@ fn cuda_engine_or_clear_error() {
         }
     }
 }
+
+/// The published widths (Res2Net-50 26w×4s: up to 2048 channels, K up to 4608) at a small input,
+/// emulated, against the CPU engine.
+#[test]
+fn emulated_full_width_model_matches_cpu() {
+    let model = InfNet::from_state_dict(&state_dict(&Spec::full(), 3)).expect("synthetic full model builds");
+    let graph = Arc::new(model.graph.clone());
+    let x = input(1, 64, 64, 21);
+    let want = infnet::cpu::CpuEngine::new(graph.clone(), 2).expect("cpu engine").forward(&x).expect("cpu forward");
+    let got = EmulatedEngine::new(graph).forward(&x).expect("emulated forward");
+    compare_outputs("emulated full", &got, &want, 1e-4);
+}
+
+/// On a GPU: the published widths at the published input size (352×352, batch 2) against the CPU,
+/// with the GPU time of a replayed forward. Without one: prints why and checks the error kind.
+#[test]
+fn cuda_engine_full_model_352() {
+    let model = InfNet::from_state_dict(&state_dict(&Spec::full(), 4)).expect("synthetic full model builds");
+    let graph = Arc::new(model.graph.clone());
+    let mut gpu = match infnet::cuda::CudaEngine::new(graph.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("skipped: no usable CUDA device: {e}");
+            assert!(matches!(e, infnet::Error::Device(_)));
+            assert!(infnet::cuda::probe().is_err() || !e.to_string().is_empty());
+            return;
+        }
+    };
+    let x = input(2, 352, 352, 31);
+    let want = infnet::cpu::CpuEngine::new(graph, 0).expect("cpu engine").forward(&x).expect("cpu forward");
+    let got = gpu.forward(&x).expect("gpu forward");
+    compare_outputs("gpu full 2×352×352", &got, &want, 1e-4);
+    let mut best = f32::INFINITY;
+    for _ in 0..20 {
+        gpu.forward(&x).expect("gpu forward");
+        best = best.min(gpu.last_forward_gpu_ms().unwrap_or(f32::INFINITY));
+    }
+    eprintln!(
+        "{}: full model 2×3×352×352, best GPU time {best:.3} ms per forward, device memory {:.1} MiB",
+        gpu.device_name(),
+        gpu.device_memory_bytes() as f64 / (1 << 20) as f64
+    );
+}
