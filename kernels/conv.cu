@@ -23,54 +23,64 @@ struct ConvParams {
 };
 static_assert(sizeof(ConvParams) == 7 * 8 + 20 * 4, "ConvParams layout must match src/cuda/kernels.rs");
 
-// 64 output channels × 64 pixels per block, K in steps of 16, 256 threads each owning a 4×4 micro-tile
-// at stride 16 in both directions (conflict-free shared reads, coalesced stores). Shared tiles are
+// 256 threads as 16 × 16, each owning a TM × TN micro-tile at stride 16 in both directions
+// (conflict-free shared reads, coalesced stores); block tile BM = 16·TM output channels × BN = 16·TN
+// pixels, K in steps of 16. Two shapes: 64 × 64 (TM = TN = 4), and 32 × 128 (TM = 2, TN = 8) for
+// cout ≤ 32, which is most of Inf-Net's convs (Res2Net layer-1 splits of 26, RFB/decoder width 32,
+// the one-channel heads) and would leave half of a 64-row tile idle. Shared tiles are
 // double-buffered: one barrier per K step, the next tile's global loads overlap this tile's FMAs.
-#define CONV_BM 64
-#define CONV_BN 64
 #define CONV_BK 16
 #define CONV_THREADS 256
 
-template <bool POINTWISE>
+template <int TM, int TN, bool POINTWISE>
 __device__ __forceinline__ void conv2d_body(const ConvParams& p) {
-    __shared__ float a_tile[2][CONV_BK][CONV_BM];
-    __shared__ float b_tile[2][CONV_BK][CONV_BN];
+    constexpr int BM = 16 * TM, BN = 16 * TN;
+    // Loader roles: thread loads column tid % BM of the weight tile (rows tid / BM + A_STEP·j) and
+    // column tid % BN of the input tile (rows tid / BN + B_STEP·j).
+    constexpr int A_STEP = CONV_THREADS / BM, A_LOADS = CONV_BK / A_STEP;
+    constexpr int B_STEP = CONV_THREADS / BN, B_LOADS = CONV_BK / B_STEP;
+    __shared__ float a_tile[2][CONV_BK][BM];
+    __shared__ float b_tile[2][CONV_BK][BN];
 
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
-    const int m0 = blockIdx.y * CONV_BM;
-    const i64 n0 = (i64)blockIdx.x * CONV_BN;
+    const int m0 = blockIdx.y * BM;
+    const i64 n0 = (i64)blockIdx.x * BN;
     const int hw = p.h * p.w;
     const int ohw = p.oh * p.ow;
     const i64 npix = (i64)p.n * ohw;
     const int khw = p.kh * p.kw;
     const int K = p.cin * khw;
 
-    // Loader role: column `lc` of both tiles, rows lr0, lr0 + 4, lr0 + 8, lr0 + 12.
-    const int lc = tid % 64, lr0 = tid / 64;
-    const i64 lpix = n0 + lc;
-    const bool lpix_ok = lpix < npix;
-    const int limg = lpix_ok ? (int)(lpix / ohw) : 0;
-    const int lpr = lpix_ok ? (int)(lpix % ohw) : 0;
-    const int iy0 = (lpr / p.ow) * p.stride - p.pad_h;
-    const int ix0 = (lpr % p.ow) * p.stride - p.pad_w;
-    const float* __restrict__ xb = p.x + (i64)limg * p.x_bs;
-    const float* __restrict__ xab = p.x_add ? p.x_add + (i64)limg * p.xa_bs : nullptr;
-    const int am = m0 + lc;
+    const int ac = tid % BM, ar0 = tid / BM;
+    const int am = m0 + ac;
     const bool am_ok = am < p.cout;
+    const int bc = tid % BN, br0 = tid / BN;
+    const i64 bpix = n0 + bc;
+    const bool bpix_ok = bpix < npix;
+    const int bimg = bpix_ok ? (int)(bpix / ohw) : 0;
+    const int bpr = bpix_ok ? (int)(bpix % ohw) : 0;
+    const int iy0 = (bpr / p.ow) * p.stride - p.pad_h;
+    const int ix0 = (bpr % p.ow) * p.stride - p.pad_w;
+    const float* __restrict__ xb = p.x + (i64)bimg * p.x_bs;
+    const float* __restrict__ xab = p.x_add ? p.x_add + (i64)bimg * p.xa_bs : nullptr;
 
-    float ra[4], rb[4];
+    float ra[A_LOADS], rb[B_LOADS];
     auto load = [&](int k0) {
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int k = k0 + lr0 + 4 * j;
+        for (int j = 0; j < A_LOADS; j++) {
+            const int k = k0 + ar0 + A_STEP * j;
             ra[j] = (am_ok && k < K) ? p.weight[(i64)k * p.cout + am] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < B_LOADS; j++) {
+            const int k = k0 + br0 + B_STEP * j;
             float v = 0.0f;
-            if (lpix_ok && k < K) {
+            if (bpix_ok && k < K) {
                 i64 at;
                 bool inside;
                 if (POINTWISE) {
-                    at = (i64)k * hw + lpr;
+                    at = (i64)k * hw + bpr;
                     inside = true;
                 } else {
                     const int ci = k / khw;
@@ -92,17 +102,16 @@ __device__ __forceinline__ void conv2d_body(const ConvParams& p) {
     };
     auto store = [&](int buf) {
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            a_tile[buf][lr0 + 4 * j][lc] = ra[j];
-            b_tile[buf][lr0 + 4 * j][lc] = rb[j];
-        }
+        for (int j = 0; j < A_LOADS; j++) a_tile[buf][ar0 + A_STEP * j][ac] = ra[j];
+#pragma unroll
+        for (int j = 0; j < B_LOADS; j++) b_tile[buf][br0 + B_STEP * j][bc] = rb[j];
     };
 
-    float acc[4][4];
+    float acc[TM][TN];
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < TM; i++)
 #pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+        for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
 
     load(0);
     store(0);
@@ -113,15 +122,15 @@ __device__ __forceinline__ void conv2d_body(const ConvParams& p) {
         if (more) load(k0 + CONV_BK);
 #pragma unroll
         for (int kk = 0; kk < CONV_BK; kk++) {
-            float a[4], b[4];
+            float a[TM], b[TN];
 #pragma unroll
-            for (int i = 0; i < 4; i++) a[i] = a_tile[buf][kk][ty + 16 * i];
+            for (int i = 0; i < TM; i++) a[i] = a_tile[buf][kk][ty + 16 * i];
 #pragma unroll
-            for (int j = 0; j < 4; j++) b[j] = b_tile[buf][kk][tx + 16 * j];
+            for (int j = 0; j < TN; j++) b[j] = b_tile[buf][kk][tx + 16 * j];
 #pragma unroll
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < TM; i++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
+                for (int j = 0; j < TN; j++) acc[i][j] += a[i] * b[j];
         }
         // The other buffer was last read before the previous barrier, so it is free to overwrite.
         if (more) store(buf ^ 1);
@@ -130,13 +139,13 @@ __device__ __forceinline__ void conv2d_body(const ConvParams& p) {
     }
 
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < TN; j++) {
         const i64 pix = n0 + tx + 16 * j;
         if (pix >= npix) continue;
         const int img = (int)(pix / ohw);
         const int pr = (int)(pix % ohw);
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < TM; i++) {
             const int m = m0 + ty + 16 * i;
             if (m >= p.cout) continue;
             const i64 plane = (i64)m * ohw + pr;
@@ -150,7 +159,16 @@ __device__ __forceinline__ void conv2d_body(const ConvParams& p) {
 }
 
 // grid: (ceil(n·oh·ow / 64), ceil(cout / 64)), block: 256.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_f32(ConvParams p) { conv2d_body<false>(p); }
+extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_f32(ConvParams p) { conv2d_body<4, 4, false>(p); }
 
-// 1×1, stride 1, no padding: the K index is the input channel, no spatial gather.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_pointwise_f32(ConvParams p) { conv2d_body<true>(p); }
+// 1×1, stride 1, no padding: the K index is the input channel, no spatial gather. Grid as conv2d_f32.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_pointwise_f32(ConvParams p) {
+    conv2d_body<4, 4, true>(p);
+}
+
+// cout ≤ 32. grid: (ceil(n·oh·ow / 128), ceil(cout / 32)), block: 256.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_m32_f32(ConvParams p) { conv2d_body<2, 8, false>(p); }
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_pointwise_m32_f32(ConvParams p) {
+    conv2d_body<2, 8, true>(p);
+}

@@ -20,6 +20,8 @@ struct EmuDim {
 
 EMU_LAUNCHER(conv2d_f32, ConvParams, true)
 EMU_LAUNCHER(conv2d_pointwise_f32, ConvParams, true)
+EMU_LAUNCHER(conv2d_m32_f32, ConvParams, true)
+EMU_LAUNCHER(conv2d_pointwise_m32_f32, ConvParams, true)
 EMU_LAUNCHER(max_pool2d_f32, PoolParams, false)
 EMU_LAUNCHER(avg_pool2d_f32, PoolParams, false)
 EMU_LAUNCHER(resize_bilinear_f32, ResizeParams, false)

@@ -158,7 +158,7 @@ fn check_conv(p: &ConvParam, h: usize, w: usize, case: ConvCase, seed: u64) {
         case.mul.then(|| mul.dev(0, p.cout)),
     )
     .expect("valid conv");
-    assert_eq!(launch.kernel == kernels::Kernel::Conv2dPointwise, kernels::is_pointwise(p));
+    assert_eq!(launch.kernel, kernels::conv_kernel(p).0);
     run(launch);
 
     let ep = Epilogue {
@@ -178,6 +178,9 @@ fn conv_every_graph_geometry() {
         (13, 70, 1, 1, 1, 0, 0, 1, 13, 11),  // 1×1 (pointwise kernel), two tile rows
         (3, 9, 3, 3, 2, 1, 1, 1, 17, 15),    // stem 3×3 / 2
         (7, 11, 3, 3, 1, 1, 1, 1, 13, 11),   // 3×3
+        (7, 40, 3, 3, 1, 1, 1, 1, 13, 11),   // 3×3, wide tile (cout > 32)
+        (9, 33, 3, 3, 2, 1, 1, 1, 13, 10),   // 3×3 / 2, wide tile
+        (13, 32, 1, 1, 1, 0, 0, 1, 13, 11),  // 1×1, narrow tile at its limit
         (6, 5, 3, 3, 2, 1, 1, 1, 13, 10),    // Res2Net stage 3×3 / 2
         (5, 7, 1, 3, 1, 0, 1, 1, 9, 12),     // RFB 1×k, k×1
         (5, 7, 3, 1, 1, 1, 0, 1, 9, 12),
@@ -202,7 +205,9 @@ fn conv_every_graph_geometry() {
 fn conv_fused_epilogues_and_input_sum() {
     let mut rng = Rng(0xe91);
     let p3 = conv_param(&mut rng, 7, 9, 3, 3, 1, 1, 1, 1);
+    let p3w = conv_param(&mut rng, 7, 45, 3, 3, 1, 1, 1, 1);
     let p1 = conv_param(&mut rng, 10, 67, 1, 1, 1, 0, 0, 1);
+    let p1n = conv_param(&mut rng, 10, 19, 1, 1, 1, 0, 0, 1);
     let all = ConvCase { x_add: true, residual: true, relu: true, mul: true };
     for (i, case) in [
         ConvCase { x_add: true, relu: true, ..Default::default() }, // Res2Net sp + spx[i]
@@ -215,7 +220,9 @@ fn conv_fused_epilogues_and_input_sum() {
     .enumerate()
     {
         check_conv(&p3, 11, 13, case, 200 + i as u64);
+        check_conv(&p3w, 11, 13, case, 250 + i as u64);
         check_conv(&p1, 9, 10, case, 300 + i as u64);
+        check_conv(&p1n, 9, 10, case, 350 + i as u64);
     }
 }
 
@@ -227,6 +234,7 @@ fn conv_long_reduction() {
     check_conv(&p, 12, 13, ConvCase { residual: true, relu: true, ..Default::default() }, 400);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_pool(kind: Pool, c: usize, h: usize, w: usize, k: usize, s: usize, p: usize, ceil: bool, seed: u64) {
     let mut rng = Rng(seed);
     let n = 3;

@@ -50,8 +50,12 @@ impl Module {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
+    /// 64 output channels × 64 pixels per block.
     Conv2d,
     Conv2dPointwise,
+    /// 32 output channels × 128 pixels per block, for cout ≤ 32.
+    Conv2dM32,
+    Conv2dPointwiseM32,
     MaxPool2d,
     AvgPool2d,
     ResizeBilinear,
@@ -59,9 +63,11 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::Conv2d,
         Kernel::Conv2dPointwise,
+        Kernel::Conv2dM32,
+        Kernel::Conv2dPointwiseM32,
         Kernel::MaxPool2d,
         Kernel::AvgPool2d,
         Kernel::ResizeBilinear,
@@ -72,6 +78,8 @@ impl Kernel {
         match self {
             Kernel::Conv2d => "conv2d_f32",
             Kernel::Conv2dPointwise => "conv2d_pointwise_f32",
+            Kernel::Conv2dM32 => "conv2d_m32_f32",
+            Kernel::Conv2dPointwiseM32 => "conv2d_pointwise_m32_f32",
             Kernel::MaxPool2d => "max_pool2d_f32",
             Kernel::AvgPool2d => "avg_pool2d_f32",
             Kernel::ResizeBilinear => "resize_bilinear_f32",
@@ -80,7 +88,7 @@ impl Kernel {
     }
     pub fn module(self) -> Module {
         match self {
-            Kernel::Conv2d | Kernel::Conv2dPointwise => Module::Conv,
+            Kernel::Conv2d | Kernel::Conv2dPointwise | Kernel::Conv2dM32 | Kernel::Conv2dPointwiseM32 => Module::Conv,
             Kernel::MaxPool2d | Kernel::AvgPool2d => Module::Pool,
             Kernel::ResizeBilinear | Kernel::ReverseAttention => Module::Resize,
         }
@@ -232,10 +240,20 @@ pub struct Slice {
     pub shape: Shape,
 }
 
-/// Conv tile sizes, as CONV_BM / CONV_BN / CONV_THREADS in kernels/conv.cu.
-const CONV_BM: usize = 64;
-const CONV_BN: usize = 64;
+/// Conv block tiles (output channels, pixels), as instantiated in kernels/conv.cu.
+const CONV_TILE_WIDE: (usize, usize) = (64, 64);
+const CONV_TILE_NARROW: (usize, usize) = (32, 128);
 const CONV_THREADS: u32 = 256;
+
+/// The conv kernel for `p` and its block tile (output channels, pixels).
+pub fn conv_kernel(p: &ConvParam) -> (Kernel, (usize, usize)) {
+    match (is_pointwise(p), p.cout <= CONV_TILE_NARROW.0) {
+        (false, false) => (Kernel::Conv2d, CONV_TILE_WIDE),
+        (true, false) => (Kernel::Conv2dPointwise, CONV_TILE_WIDE),
+        (false, true) => (Kernel::Conv2dM32, CONV_TILE_NARROW),
+        (true, true) => (Kernel::Conv2dPointwiseM32, CONV_TILE_NARROW),
+    }
+}
 /// Threads per block of the elementwise kernels (POOL_THREADS, RESIZE_THREADS).
 const ELEMENTWISE_THREADS: u32 = 256;
 
@@ -316,9 +334,10 @@ pub fn conv(
     };
     int(xs.n * xs.batch_stride, "input span")?;
     int(ys.n * ys.batch_stride, "output span")?;
+    let (kernel, (bm, bn)) = conv_kernel(p);
     Ok(Launch {
-        kernel: if is_pointwise(p) { Kernel::Conv2dPointwise } else { Kernel::Conv2d },
-        grid: [blocks(ys.n * ys.hw(), CONV_BN)?, blocks(p.cout, CONV_BM)?, 1],
+        kernel,
+        grid: [blocks(ys.n * ys.hw(), bn)?, blocks(p.cout, bm)?, 1],
         block: [CONV_THREADS, 1, 1],
         params: Params::Conv(params),
     })
