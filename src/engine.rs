@@ -60,12 +60,13 @@ pub fn create(model: &crate::model::InfNet, device: Device, threads: usize) -> R
     let graph = std::sync::Arc::new(model.graph.clone());
     match device {
         Device::Cpu => Ok(Box::new(crate::cpu::CpuEngine::new(graph, threads)?)),
-        Device::Cuda => Err(Error::Device(
-            "--device cuda: the CUDA engine is not available in this build; use --device cpu".into(),
-        )),
-        Device::Auto => {
-            eprintln!("infnet: no CUDA engine available, running on the CPU");
-            Ok(Box::new(crate::cpu::CpuEngine::new(graph, threads)?))
-        }
+        Device::Cuda => Ok(Box::new(crate::cuda::CudaEngine::new(graph)?)),
+        Device::Auto => match crate::cuda::CudaEngine::new(graph.clone()) {
+            Ok(e) => Ok(Box::new(e)),
+            Err(why) => {
+                eprintln!("infnet: CUDA not usable ({why}); running on the CPU");
+                Ok(Box::new(crate::cpu::CpuEngine::new(graph, threads)?))
+            }
+        },
     }
 }

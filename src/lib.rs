@@ -3,10 +3,12 @@
 //! - `weights`: safetensors state_dicts with the public PyTorch key names;
 //! - `model`: the network as a `graph::Graph` of nodes over planned buffers (backbone, RFB, decoder, attention);
 //! - `cpu`: the CPU executor and ops (the reference for every other backend);
+//! - `cuda`: the CUDA executor and its kernels (and their host emulation for tests);
 //! - `engine`: the backend interface and device selection;
 //! - `preprocess`, `segment`: image slices to network input (Pillow-exact) and `infnet segment`.
 
 pub mod cpu;
+pub mod cuda;
 pub mod engine;
 pub mod error;
 pub mod bench;

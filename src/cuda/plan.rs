@@ -1,0 +1,127 @@
+//! From a `Graph` to a launch list, independent of where memory lives: the packed weights (one blob,
+//! every conv in the kernel layout), the activation arena (every buffer at a fixed offset for one
+//! (N, H, W)), and the kernel launches that run the graph over them. The CUDA engine and the
+//! emulator both execute this list, so the emulated whole-model test covers the planning too.
+
+use super::kernels::{self, Launch, Slice};
+use crate::cpu::tensor::Shape;
+use crate::error::Result;
+use crate::graph::{Graph, Node, View};
+
+/// Every allocation starts on a 256-byte boundary (coalescing; also what cudaMalloc guarantees).
+const ALIGN_FLOATS: usize = 64;
+
+fn align(v: usize) -> usize {
+    v.div_ceil(ALIGN_FLOATS) * ALIGN_FLOATS
+}
+
+/// All conv weights and biases in one blob, weights as `kernels::conv_weight_layout`.
+pub struct WeightPack {
+    pub data: Vec<f32>,
+    /// Per conv of the graph: (weight offset, bias offset) in floats.
+    pub offsets: Vec<(usize, usize)>,
+}
+
+impl WeightPack {
+    pub fn new(g: &Graph) -> WeightPack {
+        let mut data = Vec::new();
+        let mut offsets = Vec::with_capacity(g.convs.len());
+        for p in &g.convs {
+            let w = data.len();
+            data.extend(kernels::conv_weight_layout(p));
+            data.resize(align(data.len()), 0.0);
+            let b = data.len();
+            data.extend_from_slice(&p.bias);
+            data.resize(align(data.len()), 0.0);
+            offsets.push((w, b));
+        }
+        WeightPack { data, offsets }
+    }
+}
+
+/// Where each buffer of the graph lives in the activation arena for one (N, H, W).
+pub struct ArenaLayout {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Per buffer: offset in floats.
+    pub offsets: Vec<usize>,
+    /// Floats in the arena.
+    pub len: usize,
+}
+
+impl ArenaLayout {
+    /// Every buffer gets its own range: simple, and the arena (≈ 0.5 GB for the full model at
+    /// 352×352, batch 8) is far from a modern GPU's limit; liveness-based reuse would cut it.
+    pub fn new(g: &Graph, n: usize, h: usize, w: usize) -> ArenaLayout {
+        let mut offsets = Vec::with_capacity(g.bufs.len());
+        let mut len = 0;
+        for b in &g.bufs {
+            offsets.push(len);
+            len += align(n * b.c * (h / b.div) * (w / b.div));
+        }
+        ArenaLayout { n, h, w, offsets, len }
+    }
+
+    /// Floats of buffer `buf` (its whole N × C × H/div × W/div extent).
+    pub fn buf_len(&self, g: &Graph, buf: usize) -> usize {
+        let b = &g.bufs[buf];
+        self.n * b.c * (self.h / b.div) * (self.w / b.div)
+    }
+
+    /// The slice of view `v`, with the arena at `base` (bytes).
+    pub fn slice(&self, g: &Graph, base: u64, v: View) -> Slice {
+        let b = &g.bufs[v.buf];
+        let (h, w) = (self.h / b.div, self.w / b.div);
+        let off = self.offsets[v.buf] + v.c_off * h * w;
+        Slice { addr: base + 4 * off as u64, shape: Shape { n: self.n, c: v.c, h, w, batch_stride: b.c * h * w } }
+    }
+}
+
+/// The launches of one forward. `arena` and `weights` are the base addresses (bytes) of the arena
+/// laid out as `layout` and of `pack.data`.
+///
+/// Fusion: a Resize whose whole output is the map of the immediately following ReverseAttention
+/// becomes one reverse-attention launch that also writes the resized map (still needed as the
+/// branch's residual).
+pub fn launches(g: &Graph, layout: &ArenaLayout, arena: u64, pack: &WeightPack, weights: u64) -> Result<Vec<Launch>> {
+    let s = |v: View| layout.slice(g, arena, v);
+    let mut out = Vec::with_capacity(g.nodes.len());
+    let mut i = 0;
+    while i < g.nodes.len() {
+        let launch = match g.nodes[i] {
+            Node::Conv { conv, x, x_add, y, residual, relu, mul } => {
+                let (w_off, b_off) = pack.offsets[conv];
+                kernels::conv(
+                    &g.convs[conv],
+                    weights + 4 * w_off as u64,
+                    weights + 4 * b_off as u64,
+                    s(x),
+                    x_add.map(s),
+                    s(y),
+                    residual.map(s),
+                    relu,
+                    mul.map(s),
+                )?
+            }
+            Node::MaxPool { x, y, k, s: st, p } => kernels::pool(kernels::Pool::Max, s(x), s(y), k, st, p)?,
+            Node::AvgPool { x, y, k, s: st, p, count_include_pad, .. } => {
+                kernels::pool(kernels::Pool::Avg { count_include_pad }, s(x), s(y), k, st, p)?
+            }
+            Node::Resize { x, y, mode } => {
+                let whole = y.c_off == 0 && y.c == g.bufs[y.buf].c;
+                match g.nodes.get(i + 1) {
+                    Some(&Node::ReverseAttention { map, x: feat, y: att }) if whole && map == y && x.c == 1 => {
+                        i += 1;
+                        kernels::reverse_attention(s(x), Some(mode), s(feat), s(att), Some(s(y)))?
+                    }
+                    _ => kernels::resize(s(x), s(y), mode)?,
+                }
+            }
+            Node::ReverseAttention { map, x, y } => kernels::reverse_attention(s(map), None, s(x), s(y), None)?,
+        };
+        out.push(launch);
+        i += 1;
+    }
+    Ok(out)
+}
