@@ -13,6 +13,7 @@ pub mod graph;
 pub mod io;
 pub mod model;
 pub mod segment;
+pub mod train;
 pub mod weights;
 
 pub use engine::{Device, Engine, Outputs};
