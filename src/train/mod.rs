@@ -4,5 +4,9 @@
 //! - `ops`: every op's forward and backward side by side, generic over f32/f64;
 //! - `loss`: the public `joint_loss` and edge BCE with their gradients;
 
+pub mod adam;
+pub mod checkpoint;
+pub mod cli;
 pub mod loss;
+pub mod net;
 pub mod ops;
