@@ -7,7 +7,7 @@ use super::net::TrainNet;
 use crate::error::{Error, Result};
 use crate::weights::{StateDict, Tensor};
 use safetensors::{Dtype, SafeTensors};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// A tensor kept byte for byte.
@@ -56,7 +56,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
 }
 
 /// Serialises mixed-dtype tensors.
-pub fn serialize(tensors: &[(String, RawTensor)], metadata: Option<std::collections::HashMap<String, String>>) -> Result<Vec<u8>> {
+pub fn serialize(tensors: &[(String, RawTensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let views = tensors
         .iter()
         .map(|(n, t)| {
@@ -73,17 +73,24 @@ pub fn f32_raw(t: &Tensor) -> RawTensor {
 }
 
 /// The network's state_dict with public keys (+ pass-through tensors), as safetensors bytes.
-pub fn state_dict_bytes(net: &TrainNet, passthrough: &BTreeMap<String, RawTensor>) -> Result<Vec<u8>> {
+pub fn state_dict_bytes(net: &TrainNet, passthrough: &BTreeMap<String, RawTensor>, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let mut out: Vec<(String, RawTensor)> = net.float_state().iter().map(|(n, t)| (n.clone(), f32_raw(t))).collect();
     for b in &net.bns {
         let bytes = b.num_batches_tracked.to_le_bytes().to_vec();
         out.push((format!("{}.num_batches_tracked", b.prefix), RawTensor { dtype: Dtype::I64, shape: vec![], bytes }));
     }
     out.extend(passthrough.iter().map(|(n, t)| (n.clone(), t.clone())));
-    serialize(&out, None)
+    serialize(&out, metadata)
 }
 
 /// Writes the checkpoint atomically.
-pub fn save(path: &Path, net: &TrainNet, passthrough: &BTreeMap<String, RawTensor>) -> Result<()> {
-    crate::io::write_atomic(path, &state_dict_bytes(net, passthrough)?)
+pub fn save(path: &Path, net: &TrainNet, passthrough: &BTreeMap<String, RawTensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+    crate::io::write_atomic(path, &state_dict_bytes(net, passthrough, metadata)?)
+}
+
+/// A metadata entry of a safetensors file, if present.
+pub fn metadata_value(path: &Path, key: &str) -> Result<Option<String>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+    Ok(meta.metadata().as_ref().and_then(|m| m.get(key).cloned()))
 }

@@ -7,6 +7,7 @@
 pub mod adam;
 pub mod checkpoint;
 pub mod cli;
+pub mod data;
 pub mod loss;
 pub mod net;
 pub mod ops;
