@@ -138,3 +138,27 @@ fn recipe_schedule_matches_public_formulas() {
     assert!((lr(1) - 1e-4).abs() < 1e-18 && (lr(49) - 1e-4).abs() < 1e-18);
     assert!((lr(50) - 1e-5).abs() < 1e-18 && (lr(51) - 1e-6).abs() < 1e-19);
 }
+
+#[test]
+fn full_size_variant_trains_one_step_with_every_public_parameter() {
+    // The published architecture (random weights) at a small input: the builder must cover every
+    // parameter key the public state_dict has, and a step must give finite, non-zero gradients.
+    let sd = infnet::model::synthetic::state_dict(&infnet::model::synthetic::Spec::full(), 11);
+    let mut net = TrainNet::from_state_dict(&sd, &Default::default()).unwrap();
+    assert!(net.config.is_public_full());
+    let params: std::collections::BTreeSet<&str> = net.params.iter().map(|p| p.name.as_str()).collect();
+    let wanted: std::collections::BTreeSet<&str> =
+        sd.tensors.keys().map(|k| k.as_str()).filter(|k| !k.ends_with("running_mean") && !k.ends_with("running_var")).collect();
+    assert_eq!(params, wanted, "trainable parameters should be exactly the state_dict's non-buffer keys");
+    let n = 2;
+    let images = Tensor { shape: vec![n, 3, 64, 64], data: common::random(n * 3 * 64 * 64, 5) };
+    let masks = Tensor { shape: vec![n, 1, 64, 64], data: common::random(n * 64 * 64, 6).iter().map(|v| (*v > 0.3) as u8 as f32).collect() };
+    let edges = Tensor { shape: vec![n, 1, 64, 64], data: vec![0.0; n * 64 * 64] };
+    let parts = net.forward_backward(&Batch { images: &images, masks: &masks, edges: &edges }).unwrap();
+    assert!(parts.total().is_finite() && parts.total() > 0.0, "loss {}", parts.total());
+    for p in &net.params {
+        assert!(p.grad.iter().all(|g| g.is_finite()), "{}: non-finite gradient", p.name);
+    }
+    let nonzero = net.params.iter().filter(|p| norm(&p.grad) > 0.0).count();
+    assert!(nonzero as f64 >= 0.95 * net.params.len() as f64, "only {nonzero}/{} parameters got a gradient", net.params.len());
+}
