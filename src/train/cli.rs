@@ -169,7 +169,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if a.epochs == 0 || a.batch == 0 {
         return Err(Error::invalid("--epochs and --batch must be at least 1"));
     }
-    if a.size == 0 || a.size % 32 != 0 {
+    if a.size == 0 || !a.size.is_multiple_of(32) {
         return Err(Error::invalid(format!("--size {} must be a positive multiple of 32", a.size)));
     }
     for r in super::adam::SIZE_RATES {

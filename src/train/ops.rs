@@ -385,7 +385,7 @@ pub fn batchnorm_forward<T: Real>(
             let src = plane(x, xs, i, c);
             for (d, &s) in plane_mut(y, ys, i, c).iter_mut().zip(src) {
                 let v = s * scale + shift;
-                *d = if relu && !(v > T::ZERO) { T::ZERO } else { v };
+                *d = if relu && v < T::ZERO { T::ZERO } else { v };
             }
         }
     }
@@ -459,7 +459,7 @@ pub fn add_forward<T: Real>(a: &[T], as_: Shape, b: &[T], bs: Shape, relu: bool,
     zip3(a, as_, b, bs, y, ys, |y, a, b| {
         for ((d, &a), &b) in y.iter_mut().zip(a).zip(b) {
             let v = a + b;
-            *d = if relu && !(v > T::ZERO) { T::ZERO } else { v };
+            *d = if relu && v < T::ZERO { T::ZERO } else { v };
         }
     });
 }
