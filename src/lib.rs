@@ -17,6 +17,7 @@ pub mod io;
 pub mod model;
 pub mod preprocess;
 pub mod segment;
+pub mod train;
 pub mod weights;
 
 pub use engine::{Device, Engine, Outputs};

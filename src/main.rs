@@ -43,6 +43,10 @@ enum Cmd {
     },
     /// Measure forward latency and throughput.
     Bench(infnet::bench::BenchArgs),
+    /// One training-mode forward/backward on a batch; dump the loss and every parameter's gradient.
+    TrainStep(infnet::train::cli::TrainStepArgs),
+    /// Train on a COVID-SemiSeg-style folder with the public recipe (Adam, multi-scale, clamped gradients).
+    Train(infnet::train::cli::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Segment(a) => infnet::segment::run(&a),
         Cmd::Info { weights, size } => info(weights, size),
         Cmd::Bench(a) => infnet::bench::run(&a),
+        Cmd::TrainStep(a) => infnet::train::cli::train_step(&a),
+        Cmd::Train(a) => infnet::train::cli::train(&a),
     }
 }
 
