@@ -5,11 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::weights::Tensor;
-use image::imageops::FilterType;
 use std::path::{Path, PathBuf};
 
-const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 #[derive(Clone, Debug)]
 pub struct Sample {
@@ -88,33 +85,32 @@ pub fn edge_from_mask(mask: &image::GrayImage) -> image::GrayImage {
     })
 }
 
-fn gray_to(img: &image::GrayImage, size: u32, out: &mut [f32]) {
-    let r = image::imageops::resize(img, size, size, FilterType::Triangle);
-    for (o, p) in out.iter_mut().zip(r.pixels()) {
-        *o = p[0] as f32 / 255.0;
+/// `transforms.Resize((size, size))` + `ToTensor()` on a mode-L image, Pillow-exact.
+fn gray_to(img: &image::GrayImage, size: usize, out: &mut [f32]) {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let r = crate::preprocess::resize_plane_u8(img.as_raw(), w, h, size, size);
+    for (o, p) in out.iter_mut().zip(r) {
+        *o = p as f32 / 255.0;
     }
 }
 
 /// Loads samples into a batch at size×size: images N×3×S×S, masks and edges N×1×S×S.
 pub fn load_batch(samples: &[&Sample], size: usize) -> Result<(Tensor, Tensor, Tensor)> {
-    let (n, s, hw) = (samples.len(), size as u32, size * size);
+    let (n, hw) = (samples.len(), size * size);
     let mut images = vec![0.0f32; n * 3 * hw];
     let mut masks = vec![0.0f32; n * hw];
     let mut edges = vec![0.0f32; n * hw];
     for (i, smp) in samples.iter().enumerate() {
-        let rgb = image::imageops::resize(&open(&smp.image)?.to_rgb8(), s, s, FilterType::Triangle);
-        for (j, p) in rgb.pixels().enumerate() {
-            for c in 0..3 {
-                images[(i * 3 + c) * hw + j] = (p[c] as f32 / 255.0 - MEAN[c]) / STD[c];
-            }
-        }
+        // The same Pillow-exact preprocessing as inference (`infnet segment`).
+        let slice = crate::preprocess::decode(&smp.image)?;
+        images[i * 3 * hw..(i + 1) * 3 * hw].copy_from_slice(&slice.to_network_input(size));
         let mask = open(&smp.mask)?.to_luma8();
-        gray_to(&mask, s, &mut masks[i * hw..(i + 1) * hw]);
+        gray_to(&mask, size, &mut masks[i * hw..(i + 1) * hw]);
         let edge = match &smp.edge {
             Some(p) => open(p)?.to_luma8(),
             None => edge_from_mask(&mask),
         };
-        gray_to(&edge, s, &mut edges[i * hw..(i + 1) * hw]);
+        gray_to(&edge, size, &mut edges[i * hw..(i + 1) * hw]);
     }
     Ok((
         Tensor { shape: vec![n, 3, size, size], data: images },
