@@ -43,6 +43,8 @@ enum Cmd {
     },
     /// Measure forward latency and throughput.
     Bench(infnet::bench::BenchArgs),
+    /// Score prediction maps against ground-truth masks as the public Inf-Net MATLAB EvaluationTool does.
+    Eval(infnet::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Segment(a) => infnet::segment::run(&a),
         Cmd::Info { weights, size } => info(weights, size),
         Cmd::Bench(a) => infnet::bench::run(&a),
+        Cmd::Eval(a) => infnet::eval::run(&a),
     }
 }
 
