@@ -785,7 +785,9 @@ mod tests {
         let gt = Mask { rows: 4, cols: 4, data: (0..16).map(|i| i % 4 < 2 && i / 4 < 2).collect() };
         let pred = Map { rows: 4, cols: 4, data: gt.data.iter().map(|&g| g as u8 as f64).collect() };
         let s = score_image("x", &pred, &gt, EMeasureRule::AtLeast).summary();
-        assert_eq!(s.dice.mean, 1.0);
+        // Every threshold but 0 reproduces the mask; at 0 all 16 pixels are foreground: 2·4/(4+16).
+        assert_eq!(s.dice.max, 1.0);
+        assert!((s.dice.mean - (255.0 + 0.4) / 256.0).abs() < 1e-15, "{}", s.dice.mean);
         assert_eq!(s.mae, 0.0);
         assert!((s.s_measure - 1.0).abs() < 1e-12, "{}", s.s_measure);
     }
