@@ -13,6 +13,7 @@ pub mod bench;
 pub mod graph;
 pub mod io;
 pub mod model;
+pub mod phantom;
 pub mod segment;
 pub mod weights;
 

@@ -45,6 +45,8 @@ enum Cmd {
     Bench(infnet::bench::BenchArgs),
     /// Score prediction maps against ground-truth masks as the public Inf-Net MATLAB EvaluationTool does.
     Eval(infnet::eval::EvalArgs),
+    /// Write synthetic chest CT slices with infection masks in the COVID-SemiSeg layout.
+    Phantom(infnet::phantom::PhantomArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Info { weights, size } => info(weights, size),
         Cmd::Bench(a) => infnet::bench::run(&a),
         Cmd::Eval(a) => infnet::eval::run(&a),
+        Cmd::Phantom(a) => infnet::phantom::run(&a),
     }
 }
 

@@ -112,7 +112,7 @@ fn resize_matches_matlab_default_and_stays_near_octaves_imresize() {
         let (out_rows, out_cols, matlab) = gray(&dir.join("resize").join(format!("{case}.matlab.png")));
         let (_, _, octave) = gray(&dir.join("resize").join(format!("{case}.octave.png")));
         let ours = eval::imresize(&src, rows, cols, out_rows, out_cols, 255.0);
-        assert_eq!((rows, cols) == (out_rows, out_cols), false, "{case} must need resizing");
+        assert_ne!((rows, cols), (out_rows, out_cols), "{case} must need resizing");
         let differing = ours.iter().zip(&matlab).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 0, "{case}: {differing} pixels differ from the MATLAB-default resize");
         let worst = ours.iter().zip(&octave).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
