@@ -20,7 +20,12 @@
 //! run it: the tool compares floating-point results exactly (`alpha ~= 0` in the region SSIM, `>=`
 //! against the thresholds), so summation order can flip a score, not just its last bits. Where the tool
 //! produces NaN (a ground-truth centroid on the last row or column leaves an empty quadrant in
-//! `S_region.m`), so does this module.
+//! `S_region.m`; an all-foreground mask makes specificity 0/0), so does this module.
+//!
+//! Known differences from MATLAB: JPEG files are decoded by the `image` crate, not libjpeg (pixel
+//! values may differ by a level; the tool itself only reads .png); palette PNGs are expanded to RGB
+//! where MATLAB's imread returns the indices. Eφ binarisation follows the tool at HEAD (P ≥ t);
+//! `--e-measure-rule above` gives the P > t of the version that computed the paper's table.
 
 use crate::error::{Error, Result};
 use rayon::prelude::*;

@@ -6,6 +6,7 @@
 #
 # Usage: tools/extract_covid_semiseg.sh DEST [REPO]
 #   REPO (or $INFNET_PUBLIC_REPO): a clone or bare clone; default /work/.mirror/DengPingFan+Inf-Net/repo
+#   DEST may be ./data (gitignored) or a folder outside the repository.
 #
 # The dataset is for non-commercial research use only: extract it outside the source tree (or into a
 # gitignored folder) and never commit it. Afterwards:
