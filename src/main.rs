@@ -47,6 +47,10 @@ enum Cmd {
     TrainStep(infnet::train::cli::TrainStepArgs),
     /// Train on a COVID-SemiSeg-style folder with the public recipe (Adam, multi-scale, clamped gradients).
     Train(infnet::train::cli::TrainArgs),
+    /// Score prediction maps against ground-truth masks as the public Inf-Net MATLAB EvaluationTool does.
+    Eval(infnet::eval::EvalArgs),
+    /// Write synthetic chest CT slices with infection masks in the COVID-SemiSeg layout.
+    Phantom(infnet::phantom::PhantomArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench(a) => infnet::bench::run(&a),
         Cmd::TrainStep(a) => infnet::train::cli::train_step(&a),
         Cmd::Train(a) => infnet::train::cli::train(&a),
+        Cmd::Eval(a) => infnet::eval::run(&a),
+        Cmd::Phantom(a) => infnet::phantom::run(&a),
     }
 }
 
