@@ -11,6 +11,15 @@ pub trait Engine {
     fn device_name(&self) -> String;
     /// One forward of an N×3×H×W f32 input.
     fn forward(&mut self, input: &Tensor) -> Result<Outputs>;
+    /// Device time of the last forward in milliseconds where the backend measures it (CUDA events around
+    /// the graph replay, host copies excluded); None for the CPU, whose wall time is the latency.
+    fn last_device_ms(&self) -> Option<f64> {
+        None
+    }
+    /// Accelerator memory this engine holds (weights + activation arena), in bytes; None for the CPU.
+    fn device_memory_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Checks an input tensor: N×3×H×W with H and W positive multiples of 32. Returns (N, H, W).

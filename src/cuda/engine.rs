@@ -214,6 +214,14 @@ impl Engine for CudaEngine {
         self.name.clone()
     }
 
+    fn last_device_ms(&self) -> Option<f64> {
+        self.last_forward_gpu_ms().map(f64::from)
+    }
+
+    fn device_memory_bytes(&self) -> Option<usize> {
+        Some(CudaEngine::device_memory_bytes(self))
+    }
+
     fn forward(&mut self, input: &Tensor) -> Result<Outputs> {
         let (n, h, w) = check_input(input)?;
         self.prepare(n, h, w)?;
