@@ -3,6 +3,7 @@
 
 pub mod conv;
 pub mod ops;
+pub mod profile;
 pub mod tensor;
 
 use crate::engine::{check_input, Engine, Outputs};
@@ -58,6 +59,7 @@ pub struct CpuEngine {
     pool: rayon::ThreadPool,
     threads: usize,
     plan: Option<Plan>,
+    profile: Option<profile::Profile>,
 }
 
 impl CpuEngine {
@@ -68,7 +70,8 @@ impl CpuEngine {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
-        Ok(CpuEngine { graph, pool, threads, plan: None })
+        let profile = profile::Profile::from_env(&graph);
+        Ok(CpuEngine { graph, pool, threads, plan: None, profile })
     }
 
     pub fn threads(&self) -> usize {
@@ -77,8 +80,9 @@ impl CpuEngine {
 
 }
 
-fn run_nodes(g: &Graph, plan: &mut Plan, threads: usize) {
-        for node in &g.nodes {
+fn run_nodes(g: &Graph, plan: &mut Plan, threads: usize, mut profile: Option<&mut profile::Profile>) {
+        for (idx, node) in g.nodes.iter().enumerate() {
+            let t0 = profile.as_ref().map(|_| std::time::Instant::now());
             match *node {
                 Node::Conv { conv, x, x_add, y, residual, relu, mul } => {
                     let ep = conv::Epilogue {
@@ -106,6 +110,9 @@ fn run_nodes(g: &Graph, plan: &mut Plan, threads: usize) {
                     ops::reverse_attention(mi, xi, yo);
                 }
             }
+            if let (Some(p), Some(t0)) = (profile.as_deref_mut(), t0) {
+                p.record(idx, t0.elapsed());
+            }
         }
 }
 
@@ -124,7 +131,15 @@ impl Engine for CpuEngine {
         let plan = self.plan.as_mut().expect("plan just prepared");
         plan.bufs[g.input].copy_from_slice(&input.data);
         let threads = self.threads;
-        self.pool.install(|| run_nodes(&g, plan, threads));
+        let profile = self.profile.as_mut();
+        let prof_ref = self.pool.install(|| {
+            let mut profile = profile;
+            run_nodes(&g, plan, threads, profile.as_deref_mut());
+            profile
+        });
+        if let Some(p) = prof_ref {
+            p.finish_forward(&g, n, h, w);
+        }
         let plan = self.plan.as_ref().expect("plan just prepared");
         Ok(g.outputs
             .iter()
