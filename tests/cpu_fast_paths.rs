@@ -236,3 +236,40 @@ fn tiny_model_engine_matches_reference_executor() {
         }
     }
 }
+
+#[test]
+fn max_pool_matches_reference() {
+    let mut rng = Rng(17);
+    for (n, c, h, w, k, s, p) in [(2, 3, 13, 17, 3, 2, 1), (1, 5, 8, 8, 3, 2, 1), (1, 2, 7, 5, 2, 2, 0), (1, 1, 1, 3, 3, 2, 1)] {
+        let mut x = rng.vec(n * c * h * w);
+        let mid = x.len() / 2;
+        x[mid] = f32::NAN; // NaN propagates as in PyTorch
+        let (oh, ow) = (ops::pool_out_size(h, k, s, p, false), ops::pool_out_size(w, k, s, p, false));
+        let (xs, ys) = (Shape::dense(n, c, h, w), Shape::dense(n, c, oh, ow));
+        let mut want = vec![0.0; n * c * oh * ow];
+        let mut got = vec![f32::NAN; want.len()];
+        ops::max_pool_reference(In::new(&x, xs), Out::new(&mut want, ys), k, s, p);
+        ops::max_pool(In::new(&x, xs), Out::new(&mut got, ys), k, s, p);
+        for (a, b) in got.iter().zip(&want) {
+            assert!(a == b || (a.is_nan() && b.is_nan()), "max pool {h}×{w} k{k} s{s} p{p}: {a} vs {b}");
+        }
+    }
+}
+
+/// The published architecture (synthetic weights) at a small input, so that the Winograd path (64→64
+/// edge convs at 16×16) runs inside the engine too: whole-model result within 1e-4 of the reference.
+#[test]
+fn full_model_small_input_matches_reference_executor() {
+    let model = InfNet::from_state_dict(&state_dict(&Spec::full(), 1)).unwrap();
+    let g = Arc::new(model.graph.clone());
+    let mut rng = Rng(23);
+    let x = Tensor { shape: vec![1, 3, 64, 64], data: rng.vec(3 * 64 * 64) };
+    let want = reference_forward(&g, &x);
+    let mut eng = CpuEngine::new(g.clone(), 2).unwrap();
+    let got = eng.forward(&x).unwrap();
+    for ((name, t), r) in got.iter().zip(&want) {
+        let e = rel_l2(&t.data, r);
+        eprintln!("full model 64×64 {name}: relative L2 {e:e}");
+        assert!(e <= 1e-4, "{name}: relative L2 error {e:e}");
+    }
+}

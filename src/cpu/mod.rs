@@ -35,8 +35,9 @@ pub enum Step {
 
 /// How one conv is computed, chosen once per graph.
 pub enum ConvKernel {
-    /// 3×3, stride 1, dilation 1: Winograd F(2×2, 3×3).
-    Winograd(WinogradConv),
+    /// 3×3, stride 1, dilation 1, at least 64 channels in and out: Winograd F(2×2, 3×3) on maps of at
+    /// least 16×16, the implicit GEMM on smaller ones (where 2×2 tiles and 32-tile panels waste too much).
+    Winograd(WinogradConv, PackedConv),
     /// Everything else: implicit GEMM.
     Gemm(PackedConv),
 }
@@ -120,8 +121,9 @@ impl CpuEngine {
                 .convs
                 .par_iter()
                 .map(|p| {
-                    if !winograd_off && WinogradConv::applies(p) {
-                        ConvKernel::Winograd(WinogradConv::new(p, isa))
+                    // Below 64 channels the transforms cost more than the multiply-adds they save (measured).
+                    if !winograd_off && WinogradConv::applies(p) && p.cin >= 64 && p.cout >= 64 {
+                        ConvKernel::Winograd(WinogradConv::new(p, isa), PackedConv::new(p, isa))
                     } else {
                         ConvKernel::Gemm(PackedConv::new(p, isa))
                     }
@@ -180,7 +182,8 @@ fn run_node(g: &Graph, node: &Node, kernels: &[ConvKernel], plan: &mut Plan, sca
             let p = &g.convs[conv];
             match &kernels[conv] {
                 ConvKernel::Gemm(pk) => implicit_gemm::conv2d(p, pk, xi, xa, yo, ep, plan.scratch()),
-                ConvKernel::Winograd(wk) => wk.run(p, xi, xa, yo, ep, plan.scratch()),
+                ConvKernel::Winograd(wk, _) if yo.shape.h >= 16 && yo.shape.w >= 16 => wk.run(p, xi, xa, yo, ep, plan.scratch()),
+                ConvKernel::Winograd(_, pk) => implicit_gemm::conv2d(p, pk, xi, xa, yo, ep, plan.scratch()),
             }
         }
         Node::MaxPool { x, y, k, s, p } => ops::max_pool(plan.input(g, x), plan.output(g, y), k, s, p),
@@ -212,7 +215,7 @@ impl Engine for CpuEngine {
                 .zip(&self.graph.convs)
                 .map(|(k, p)| match k {
                     ConvKernel::Gemm(pk) => pk.panel_len(),
-                    ConvKernel::Winograd(wk) => wk.scratch_len(p, n, h, w, &self.graph),
+                    ConvKernel::Winograd(wk, pk) => wk.scratch_len(p, n, h, w, &self.graph).max(pk.panel_len()),
                 })
                 .max()
                 .unwrap_or(0);
