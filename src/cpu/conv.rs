@@ -1,14 +1,16 @@
-//! Convolution on the CPU: a plain direct reference (`conv2d_reference`) and the fast path
-//! (`Conv2d::run`), which lowers every convolution to a packed GEMM — 1×1 stride-1 convs read the
-//! input planes in place, others go through im2col into a planned scratch buffer — followed by one
-//! fused epilogue pass (bias, residual, ReLU, multiply) over the output slice.
+//! Convolution on the CPU: the direct reference (`conv2d_reference`), the shared epilogue description,
+//! and `conv2d_im2col` (explicit im2col + `gemm` crate), the previous fast path, kept for comparison.
+//! The executor's fast paths are `implicit_gemm` and `winograd`.
 
 use super::tensor::{In, Out};
 use crate::graph::ConvParam;
 
-/// What happens after the convolution sum, in this order: + bias, + residual, ReLU, × mul.
+/// What happens after the convolution sum, in this order: × scale, + bias, + residual, ReLU, × mul.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Epilogue {
+    /// One channel (N×1×OH×OW) multiplying the sum per pixel before the bias: W·(a ⊙ x) = a ⊙ (W·x) for a
+    /// 1×1 conv, so reverse attention feeding a 1×1 conv becomes this scale (see `cpu::Step`).
+    pub scale: Option<In>,
     pub residual: Option<In>,
     pub relu: bool,
     pub mul: Option<In>,
@@ -46,8 +48,9 @@ pub fn conv2d_reference(p: &ConvParam, x: In, x_add: Option<In>, y: Out, ep: Epi
                             }
                         }
                     }
-                    let mut v = acc as f32 + p.bias[o];
                     let at = oy * ys.w + ox;
+                    let scale = ep.scale.map_or(1.0, |s| unsafe { s.plane(i, 0)[at] });
+                    let mut v = (acc * scale as f64) as f32 + p.bias[o];
                     unsafe {
                         if let Some(r) = ep.residual {
                             v += r.plane(i, o)[at];
@@ -66,7 +69,7 @@ pub fn conv2d_reference(p: &ConvParam, x: In, x_add: Option<In>, y: Out, ep: Epi
     }
 }
 
-/// Floats of im2col scratch that `conv2d` needs for this conv at input size h×w.
+/// Floats of im2col scratch that `conv2d_im2col` needs for this conv at input size h×w.
 pub fn scratch_len(p: &ConvParam, h: usize, w: usize, has_add: bool) -> usize {
     let (oh, ow) = p.out_size(h, w);
     if p.kh == 1 && p.kw == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0 {
@@ -80,9 +83,10 @@ pub fn scratch_len(p: &ConvParam, h: usize, w: usize, has_add: bool) -> usize {
     }
 }
 
-/// Fast convolution: GEMM (`gemm` crate, runtime-dispatched SIMD, `threads`-way parallel) + fused epilogue.
-/// `scratch` must hold at least `scratch_len` floats.
-pub fn conv2d(p: &ConvParam, x: In, x_add: Option<In>, y: Out, ep: Epilogue, scratch: &mut [f32], threads: usize) {
+/// Convolution by explicit im2col + the `gemm` crate + a separate epilogue pass. No longer on the
+/// executor's path (`implicit_gemm` replaced it); kept as a second fast implementation that tests and
+/// benchmarks compare against. `scratch` must hold at least `scratch_len` floats.
+pub fn conv2d_im2col(p: &ConvParam, x: In, x_add: Option<In>, y: Out, ep: Epilogue, scratch: &mut [f32], threads: usize) {
     let (xs, ys) = (x.shape, y.shape);
     assert_eq!(xs.c, p.cin);
     assert_eq!(ys.c, p.cout);
@@ -146,6 +150,9 @@ fn epilogue(p: &ConvParam, y: Out, i: usize, ep: Epilogue) {
     (0..p.cout).into_par_iter().with_min_len(8).for_each(|o| unsafe {
         let d = y.plane(i, o);
         let b = p.bias[o];
+        if let Some(s) = ep.scale {
+            d.iter_mut().zip(s.plane(i, 0)).for_each(|(v, s)| *v *= s);
+        }
         match (ep.residual, ep.relu, ep.mul) {
             (None, false, None) => d.iter_mut().for_each(|v| *v += b),
             (None, true, None) => d.iter_mut().for_each(|v| *v = (*v + b).max(0.0)),

@@ -1,55 +1,92 @@
-//! The CPU executor: instantiates a `Graph` for one (N, H, W) — every buffer and the conv scratch
-//! allocated once — and runs its nodes on a private thread pool.
+//! The CPU executor: turns a `Graph` into steps once (weights packed for the detected micro-kernel,
+//! reverse attention folded into the 1×1 conv that consumes it), instantiates the steps for one
+//! (N, H, W) with a memory plan, and runs them on a private thread pool.
 
 pub mod conv;
+pub mod implicit_gemm;
+pub mod microkernel;
 pub mod ops;
+pub mod plan;
+pub mod profile;
 pub mod tensor;
+pub mod winograd;
 
 use crate::engine::{check_input, Engine, Outputs};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, View};
 use crate::weights::Tensor;
+use implicit_gemm::PackedConv;
+use microkernel::Isa;
+use plan::Plan;
 use std::sync::Arc;
-use tensor::{In, Out, Shape};
+use tensor::Shape;
+use winograd::WinogradConv;
 
-/// Buffers for one (N, H, W): allocated when the shape is first seen, reused by every forward.
-struct Plan {
-    n: usize,
-    h: usize,
-    w: usize,
-    bufs: Vec<Vec<f32>>,
-    scratch: Vec<f32>,
+/// What the executor runs for one or two graph nodes.
+#[derive(Clone, Copy, Debug)]
+pub enum Step {
+    /// Graph node `i`, as it is.
+    Node(usize),
+    /// `ReverseAttention { map, x, y: att }` (node `ra`) followed by a 1×1 conv reading exactly `att`
+    /// (node `conv`), `att` read by nothing else: the conv runs on `x` with the per-pixel scale
+    /// 1 − σ(map) applied to its sum, W·(a ⊙ x) = a ⊙ (W·x), so the C-channel product is never formed.
+    AttentionConv { ra: usize, conv: usize },
 }
 
-impl Plan {
-    fn new(g: &Graph, n: usize, h: usize, w: usize) -> Plan {
-        let bufs = g.bufs.iter().map(|b| vec![0.0f32; n * b.c * (h / b.div) * (w / b.div)]).collect();
-        let mut scratch = 0;
-        for node in &g.nodes {
-            if let Node::Conv { conv, x, x_add, .. } = node {
-                let d = g.bufs[x.buf].div;
-                scratch = scratch.max(conv::scratch_len(&g.convs[*conv], h / d, w / d, x_add.is_some()));
+/// How one conv is computed, chosen once per graph.
+pub enum ConvKernel {
+    /// 3×3, stride 1, dilation 1, at least 64 channels in and out: Winograd F(2×2, 3×3) on maps of at
+    /// least 16×16, the implicit GEMM on smaller ones (where 2×2 tiles and 32-tile panels waste too much).
+    Winograd(WinogradConv, PackedConv),
+    /// 1×1, stride 1, unpadded: the input planes already are the GEMM's right-hand matrix, and the
+    /// `gemm` crate's cache-blocked kernels beat ours there by 1.3–2.3× (criterion `conv/1x1_*`).
+    Pointwise,
+    /// Everything else: implicit GEMM.
+    Gemm(PackedConv),
+}
+
+/// Finds the steps of a graph (see `Step::AttentionConv` for the one fusion).
+pub fn plan_steps(g: &Graph) -> Vec<Step> {
+    let mut reads = vec![0usize; g.bufs.len()];
+    for node in &g.nodes {
+        for v in node_views(node).0 {
+            reads[v.buf] += 1;
+        }
+    }
+    for (_, b) in &g.outputs {
+        reads[*b] += 1;
+    }
+    let mut steps = Vec::with_capacity(g.nodes.len());
+    let mut i = 0;
+    while i < g.nodes.len() {
+        if let (Node::ReverseAttention { y: att, .. }, Some(Node::Conv { conv, x, x_add: None, .. })) = (&g.nodes[i], g.nodes.get(i + 1)) {
+            let p = &g.convs[*conv];
+            let pointwise = p.kh == 1 && p.kw == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0;
+            let whole = att.c_off == 0 && att.c == g.bufs[att.buf].c;
+            if pointwise && x == att && whole && reads[att.buf] == 1 {
+                steps.push(Step::AttentionConv { ra: i, conv: i + 1 });
+                i += 2;
+                continue;
             }
         }
-        Plan { n, h, w, bufs, scratch: vec![0.0; scratch] }
+        steps.push(Step::Node(i));
+        i += 1;
     }
+    steps
+}
 
-    fn shape(&self, g: &Graph, v: View) -> (usize, Shape) {
-        let b = &g.bufs[v.buf];
-        let (h, w) = (self.h / b.div, self.w / b.div);
-        (v.c_off * h * w, Shape { n: self.n, c: v.c, h, w, batch_stride: b.c * h * w })
-    }
-    fn input(&self, g: &Graph, v: View) -> In {
-        let (off, shape) = self.shape(g, v);
-        let buf = &self.bufs[v.buf];
-        assert!(off + shape.span() <= buf.len());
-        In { ptr: buf[off..].as_ptr(), shape }
-    }
-    fn output(&mut self, g: &Graph, v: View) -> Out {
-        let (off, shape) = self.shape(g, v);
-        let buf = &mut self.bufs[v.buf];
-        assert!(off + shape.span() <= buf.len());
-        Out { ptr: buf[off..].as_mut_ptr(), shape }
+/// (views read, views written) by a node.
+pub fn node_views(node: &Node) -> (Vec<View>, Vec<View>) {
+    match *node {
+        Node::Conv { x, x_add, y, residual, mul, .. } => {
+            let mut r = vec![x];
+            r.extend(x_add);
+            r.extend(residual);
+            r.extend(mul);
+            (r, vec![y])
+        }
+        Node::MaxPool { x, y, .. } | Node::AvgPool { x, y, .. } | Node::Resize { x, y, .. } => (vec![x], vec![y]),
+        Node::ReverseAttention { map, x, y } => (vec![map, x], vec![y]),
     }
 }
 
@@ -57,78 +94,184 @@ pub struct CpuEngine {
     graph: Arc<Graph>,
     pool: rayon::ThreadPool,
     threads: usize,
+    isa: Isa,
+    steps: Vec<Step>,
+    kernels: Vec<ConvKernel>,
     plan: Option<Plan>,
+    profile: Option<profile::Profile>,
 }
 
 impl CpuEngine {
     /// `threads` = 0 uses every core.
     pub fn new(graph: Arc<Graph>, threads: usize) -> Result<CpuEngine> {
+        CpuEngine::with_isa(graph, threads, Isa::detect())
+    }
+
+    /// As `new`, with a given micro-kernel (it must be one of `Isa::all_supported()`).
+    pub fn with_isa(graph: Arc<Graph>, threads: usize, isa: Isa) -> Result<CpuEngine> {
+        if !Isa::all_supported().contains(&isa) {
+            return Err(Error::Device(format!("this CPU cannot run the {isa:?} kernels")));
+        }
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
-        Ok(CpuEngine { graph, pool, threads, plan: None })
+        // Opt-in: our F(2×2, 3×3) does not beat the implicit GEMM on this network's shapes yet
+        // (criterion `conv/3x3_*`: 523 vs 514 µs at 104 channels, 979 vs 755 µs at 26).
+        let winograd_on = std::env::var("INFNET_WINOGRAD").as_deref() == Ok("1");
+        let kernels = pool.install(|| {
+            use rayon::prelude::*;
+            graph
+                .convs
+                .par_iter()
+                .map(|p| {
+                    let pointwise = p.kh == 1 && p.kw == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0;
+                    if pointwise {
+                        ConvKernel::Pointwise
+                    } else if winograd_on && WinogradConv::applies(p) && p.cin >= 64 && p.cout >= 64 {
+                        ConvKernel::Winograd(WinogradConv::new(p, isa), PackedConv::new(p, isa))
+                    } else {
+                        ConvKernel::Gemm(PackedConv::new(p, isa))
+                    }
+                })
+                .collect()
+        });
+        let steps = plan_steps(&graph);
+        let profile = profile::Profile::from_env(&graph);
+        Ok(CpuEngine { graph, pool, threads, isa, steps, kernels, plan: None, profile })
     }
 
     pub fn threads(&self) -> usize {
         self.threads
     }
 
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Bytes held by the current memory plan (activations and scratch), 0 before the first forward.
+    pub fn planned_bytes(&self) -> usize {
+        self.plan.as_ref().map_or(0, |p| p.bytes())
+    }
 }
 
-fn run_nodes(g: &Graph, plan: &mut Plan, threads: usize) {
-        for node in &g.nodes {
-            match *node {
-                Node::Conv { conv, x, x_add, y, residual, relu, mul } => {
-                    let ep = conv::Epilogue {
-                        residual: residual.map(|r| plan.input(g, r)),
-                        relu,
-                        mul: mul.map(|m| plan.input(g, m)),
-                    };
-                    let (xi, xa, yo) = (plan.input(g, x), x_add.map(|a| plan.input(g, a)), plan.output(g, y));
-                    conv::conv2d(&g.convs[conv], xi, xa, yo, ep, &mut plan.scratch, threads);
+fn run_steps(g: &Graph, steps: &[Step], kernels: &[ConvKernel], plan: &mut Plan, mut profile: Option<&mut profile::Profile>) {
+    for &step in steps {
+        let t0 = profile.as_ref().map(|_| std::time::Instant::now());
+        let node = match step {
+            Step::Node(i) => {
+                run_node(g, &g.nodes[i], kernels, plan, None);
+                i
+            }
+            Step::AttentionConv { ra, conv } => {
+                let Node::ReverseAttention { map, x, .. } = g.nodes[ra] else { unreachable!("fusion of a non-attention node") };
+                let scale = plan.attention_scale(g, map);
+                let Node::Conv { conv: c, x_add, y, residual, relu, mul, .. } = g.nodes[conv] else {
+                    unreachable!("fusion of a non-conv node")
+                };
+                let fused = Node::Conv { conv: c, x, x_add, y, residual, relu, mul };
+                run_node(g, &fused, kernels, plan, Some(scale));
+                conv
+            }
+        };
+        if let (Some(p), Some(t0)) = (profile.as_deref_mut(), t0) {
+            p.record(node, t0.elapsed());
+        }
+    }
+}
+
+fn run_node(g: &Graph, node: &Node, kernels: &[ConvKernel], plan: &mut Plan, scale: Option<tensor::In>) {
+    match *node {
+        Node::Conv { conv, x, x_add, y, residual, relu, mul } => {
+            let ep = conv::Epilogue { scale, residual: residual.map(|r| plan.input(g, r)), relu, mul: mul.map(|m| plan.input(g, m)) };
+            let (xi, xa, yo) = (plan.input(g, x), x_add.map(|a| plan.input(g, a)), plan.output(g, y));
+            let p = &g.convs[conv];
+            match &kernels[conv] {
+                ConvKernel::Gemm(pk) => implicit_gemm::conv2d(p, pk, xi, xa, yo, ep, plan.scratch()),
+                ConvKernel::Pointwise => {
+                    let threads = rayon::current_num_threads();
+                    conv::conv2d_im2col(p, xi, xa, yo, ep, plan.scratch(), threads)
                 }
-                Node::MaxPool { x, y, k, s, p } => {
-                    let (xi, yo) = (plan.input(g, x), plan.output(g, y));
-                    ops::max_pool(xi, yo, k, s, p);
-                }
-                Node::AvgPool { x, y, k, s, p, count_include_pad, .. } => {
-                    let (xi, yo) = (plan.input(g, x), plan.output(g, y));
-                    ops::avg_pool(xi, yo, k, s, p, count_include_pad);
-                }
-                Node::Resize { x, y, mode } => {
-                    let (xi, yo) = (plan.input(g, x), plan.output(g, y));
-                    ops::resize_bilinear(xi, yo, mode);
-                }
-                Node::ReverseAttention { map, x, y } => {
-                    let (mi, xi, yo) = (plan.input(g, map), plan.input(g, x), plan.output(g, y));
-                    ops::reverse_attention(mi, xi, yo);
-                }
+                ConvKernel::Winograd(wk, _) if yo.shape.h >= 16 && yo.shape.w >= 16 => wk.run(p, xi, xa, yo, ep, plan.scratch()),
+                ConvKernel::Winograd(_, pk) => implicit_gemm::conv2d(p, pk, xi, xa, yo, ep, plan.scratch()),
             }
         }
+        Node::MaxPool { x, y, k, s, p } => ops::max_pool(plan.input(g, x), plan.output(g, y), k, s, p),
+        Node::AvgPool { x, y, k, s, p, count_include_pad, .. } => {
+            ops::avg_pool(plan.input(g, x), plan.output(g, y), k, s, p, count_include_pad)
+        }
+        Node::Resize { x, y, mode } => ops::resize_bilinear(plan.input(g, x), plan.output(g, y), mode),
+        Node::ReverseAttention { map, x, y } => ops::reverse_attention(plan.input(g, map), plan.input(g, x), plan.output(g, y)),
+    }
 }
 
 impl Engine for CpuEngine {
     fn device_name(&self) -> String {
-        format!("cpu ({} threads)", self.threads)
+        let isa = match self.isa {
+            Isa::Avx512 => "AVX-512",
+            Isa::Avx2Fma => "AVX2+FMA",
+            Isa::Portable => "portable",
+        };
+        format!("cpu ({} threads, {isa} kernels)", self.threads)
     }
 
     fn forward(&mut self, input: &Tensor) -> Result<Outputs> {
         let (n, h, w) = check_input(input)?;
-        if !matches!(&self.plan, Some(p) if (p.n, p.h, p.w) == (n, h, w)) {
+        if !matches!(&self.plan, Some(p) if p.dims() == (n, h, w)) {
             self.plan = None; // free the old plan before allocating the new one
-            self.plan = Some(Plan::new(&self.graph, n, h, w));
+            let per_thread = self
+                .kernels
+                .iter()
+                .zip(&self.graph.convs)
+                .map(|(k, p)| match k {
+                    ConvKernel::Gemm(pk) => pk.panel_len(),
+                    ConvKernel::Winograd(wk, pk) => wk.scratch_len(p, n, h, w, &self.graph).max(pk.panel_len()),
+                    ConvKernel::Pointwise => 0,
+                })
+                .max()
+                .unwrap_or(0);
+            // A pointwise conv needs scratch only for a summed `x_add` input (none in the published graph).
+            let pointwise = self
+                .graph
+                .nodes
+                .iter()
+                .filter_map(|node| match node {
+                    Node::Conv { conv, x, x_add: Some(_), .. } if matches!(self.kernels[*conv], ConvKernel::Pointwise) => {
+                        let d = self.graph.bufs[x.buf].div;
+                        Some(conv::scratch_len(&self.graph.convs[*conv], h / d, w / d, true))
+                    }
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            let scratch = (self.threads * per_thread).max(pointwise);
+            self.plan = Some(Plan::new(&self.graph, &self.steps, n, h, w, scratch));
         }
         let g = self.graph.clone();
         let plan = self.plan.as_mut().expect("plan just prepared");
-        plan.bufs[g.input].copy_from_slice(&input.data);
-        let threads = self.threads;
-        self.pool.install(|| run_nodes(&g, plan, threads));
+        plan.buf_mut(g.input).copy_from_slice(&input.data);
+        let (steps, kernels) = (&self.steps, &self.kernels);
+        let profile = self.profile.as_mut();
+        let profile = self.pool.install(|| {
+            let mut profile = profile;
+            run_steps(&g, steps, kernels, plan, profile.as_deref_mut());
+            profile
+        });
+        if let Some(p) = profile {
+            p.finish_forward(&g, n, h, w);
+        }
         let plan = self.plan.as_ref().expect("plan just prepared");
         Ok(g.outputs
             .iter()
-            .map(|(name, b)| (name.clone(), Tensor { shape: vec![n, 1, h, w], data: plan.bufs[*b].clone() }))
+            .map(|(name, b)| (name.clone(), Tensor { shape: vec![n, 1, h, w], data: plan.buf(*b).to_vec() }))
             .collect())
     }
+}
+
+/// Shape of a view for an (N, H, W) instantiation: (float offset in its buffer, shape).
+pub(crate) fn view_shape(g: &Graph, v: View, n: usize, h: usize, w: usize) -> (usize, Shape) {
+    let b = &g.bufs[v.buf];
+    let (bh, bw) = (h / b.div, w / b.div);
+    (v.c_off * bh * bw, Shape { n, c: v.c, h: bh, w: bw, batch_stride: b.c * bh * bw })
 }

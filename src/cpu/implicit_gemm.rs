@@ -1,0 +1,219 @@
+//! Convolution as an implicit GEMM: y[cout × pixels] = W[cout × K] · cols[K × pixels], K = cin·kh·kw,
+//! without materialising im2col. The output pixels are cut into panels of NR; each panel's K×NR slice
+//! of `cols` is gathered (with padding, stride, dilation and `x_add`) into a per-thread buffer that
+//! stays in L2, then every MR-row block of the pre-packed weights runs the micro-kernel over it and
+//! the epilogue (scale, bias, residual, ReLU, mul) is applied while the tile is still in registers'
+//! reach, so the output is written exactly once.
+//!
+//! Work is split over (image, panel range, row-block range) tasks: wide maps split by panels only
+//! (each panel gathered once); small maps (11×11, 22×22) also split the output channels so that both
+//! cores stay busy.
+
+use super::conv::Epilogue;
+use super::microkernel::{self, Isa, MAX_TILE};
+use super::tensor::{In, Out};
+use crate::graph::ConvParam;
+use rayon::prelude::*;
+
+/// Weights re-laid out for one micro-kernel: for each block of MR output rows, K rows of MR floats
+/// (rows past cout are zero).
+pub struct PackedConv {
+    pub isa: Isa,
+    k: usize,
+    blocks: usize,
+    w: Vec<f32>,
+}
+
+impl PackedConv {
+    pub fn new(p: &ConvParam, isa: Isa) -> PackedConv {
+        let (mr, k) = (isa.mr(), p.cin * p.kh * p.kw);
+        let blocks = p.cout.div_ceil(mr);
+        let mut w = vec![0.0f32; blocks * k * mr];
+        for o in 0..p.cout {
+            let (blk, r) = (o / mr, o % mr);
+            for kk in 0..k {
+                w[(blk * k + kk) * mr + r] = p.weight[o * k + kk];
+            }
+        }
+        PackedConv { isa, k, blocks, w }
+    }
+
+    /// Panels gathered together: each MR-row weight block is then reused over all of them while it is
+    /// in L1/L2, instead of streaming every block from L3 once per panel. Capped at ~512 KiB of L2.
+    fn max_chunk(&self) -> usize {
+        (131072 / (self.k * self.isa.nr()).max(1)).clamp(1, 16)
+    }
+
+    /// Floats of gather buffer one worker thread needs for this conv.
+    pub fn panel_len(&self) -> usize {
+        self.max_chunk() * self.k * self.isa.nr()
+    }
+}
+
+/// Runs the conv. `scratch` must hold `panel_len()` floats for each thread of the current rayon pool.
+pub fn conv2d(p: &ConvParam, pk: &PackedConv, x: In, x_add: Option<In>, y: Out, ep: Epilogue, scratch: &mut [f32]) {
+    let (xs, ys) = (x.shape, y.shape);
+    assert_eq!(xs.c, p.cin);
+    assert_eq!(ys.c, p.cout);
+    assert_eq!(p.out_size(xs.h, xs.w), (ys.h, ys.w));
+    assert_eq!(pk.k, p.cin * p.kh * p.kw);
+    let (isa, nr) = (pk.isa, pk.isa.nr());
+    let workers = rayon::current_num_threads();
+    let panel = pk.panel_len();
+    assert!(scratch.len() >= workers * panel, "conv scratch too small");
+    let pixels = ys.hw();
+    let panels = pixels.div_ceil(nr);
+    let total = xs.n * panels;
+    // Enough tasks to balance the threads; row-block groups only when the panels alone are too few.
+    let groups = if total >= 4 * workers { 1 } else { pk.blocks.min((4 * workers).div_ceil(total)) };
+    let blocks_per_group = pk.blocks.div_ceil(groups);
+    // Several tasks per thread for balance, each as many panels as the gather buffer holds.
+    let panels_per_task = pk.max_chunk().min((total / (4 * workers)).max(1));
+    let chunks = total.div_ceil(panels_per_task);
+    let scratch_ptr = SendPtr(scratch.as_mut_ptr());
+    (0..chunks * groups).into_par_iter().for_each(|task| {
+        let (chunk, group) = (task / groups, task % groups);
+        let me = rayon::current_thread_index().unwrap_or(0);
+        assert!(me < workers, "conv run outside the pool it was sized for");
+        // SAFETY: each worker thread uses only its own `panel`-sized slice of the scratch.
+        let cols = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(me * panel), panel) };
+        let b0 = group * blocks_per_group;
+        let b1 = (b0 + blocks_per_group).min(pk.blocks);
+        let mut tile = [0.0f32; MAX_TILE];
+        let ts = chunk * panels_per_task..((chunk + 1) * panels_per_task).min(total);
+        let one = pk.k * nr;
+        for (c, t) in ts.clone().enumerate() {
+            let (i, p0) = (t / panels, (t % panels) * nr);
+            gather(p, x, x_add, i, p0, nr.min(pixels - p0), nr, ys.w, &mut cols[c * one..(c + 1) * one]);
+        }
+        for blk in b0..b1 {
+            let w = pk.w[blk * pk.k * isa.mr()..].as_ptr();
+            for (c, t) in ts.clone().enumerate() {
+                let (i, p0) = (t / panels, (t % panels) * nr);
+                // SAFETY: packed weights hold blocks·k·mr floats, each gathered panel k·nr; the isa was detected.
+                unsafe { microkernel::run(isa, pk.k, w, cols[c * one..].as_ptr(), &mut tile) };
+                store(p, &tile, isa, blk, i, p0, nr.min(pixels - p0), y, &ep);
+            }
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// cols[k · nr + j] = input value that kernel tap k (= (ci·kh + ky)·kw + kx) sees at output pixel p0 + j,
+/// for j < cnt; zero for j ≥ cnt. Output pixels are walked in runs along one output row, so that for
+/// stride 1 each tap is one contiguous copy with zeroed borders.
+#[allow(clippy::too_many_arguments)]
+fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, nr: usize, ow: usize, cols: &mut [f32]) {
+    let xs = x.shape;
+    let taps = p.kh * p.kw;
+    let pointwise = taps == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0;
+    if cnt < nr {
+        for k in 0..p.cin * taps {
+            cols[k * nr + cnt..(k + 1) * nr].fill(0.0);
+        }
+    }
+    for ci in 0..p.cin {
+        // SAFETY: the views are live for the whole conv (executor contract).
+        let (src, add) = unsafe { (x.plane(i, ci), x_add.map(|a| a.plane(i, ci))) };
+        if pointwise {
+            let out = &mut cols[ci * nr..ci * nr + cnt];
+            match add {
+                None => out.copy_from_slice(&src[p0..p0 + cnt]),
+                Some(a) => {
+                    for ((o, s), a) in out.iter_mut().zip(&src[p0..p0 + cnt]).zip(&a[p0..p0 + cnt]) {
+                        *o = s + a;
+                    }
+                }
+            }
+            continue;
+        }
+        let mut j = 0;
+        while j < cnt {
+            let (oy, ox0) = ((p0 + j) / ow, (p0 + j) % ow);
+            let len = (ow - ox0).min(cnt - j);
+            for ky in 0..p.kh {
+                let iy = (oy * p.stride + ky * p.dil) as isize - p.pad_h as isize;
+                for kx in 0..p.kw {
+                    let k = (ci * p.kh + ky) * p.kw + kx;
+                    let out = &mut cols[k * nr + j..k * nr + j + len];
+                    if iy < 0 || iy >= xs.h as isize {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let row = iy as usize * xs.w;
+                    // Input column of run element t: ox0·s + kx·d − pad + t·s.
+                    let c0 = (ox0 * p.stride + kx * p.dil) as isize - p.pad_w as isize;
+                    if p.stride == 1 {
+                        let lo = (-c0).clamp(0, len as isize) as usize;
+                        let hi = (xs.w as isize - c0).clamp(lo as isize, len as isize) as usize;
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
+                        if lo == hi {
+                            continue;
+                        }
+                        let s0 = row + (c0 + lo as isize) as usize;
+                        let s = &src[s0..s0 + (hi - lo)];
+                        match add {
+                            None => out[lo..hi].copy_from_slice(s),
+                            Some(a) => {
+                                for ((o, s), a) in out[lo..hi].iter_mut().zip(s).zip(&a[s0..s0 + (hi - lo)]) {
+                                    *o = s + a;
+                                }
+                            }
+                        }
+                    } else {
+                        for (t, o) in out.iter_mut().enumerate() {
+                            let ix = c0 + (t * p.stride) as isize;
+                            *o = if ix < 0 || ix >= xs.w as isize {
+                                0.0
+                            } else {
+                                let at = row + ix as usize;
+                                src[at] + add.map_or(0.0, |a| a[at])
+                            };
+                        }
+                    }
+                }
+            }
+            j += len;
+        }
+    }
+}
+
+/// Writes rows blk·MR.. of a finished tile through the epilogue: (acc · scale) + bias + residual, ReLU, × mul.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn store(p: &ConvParam, tile: &[f32; MAX_TILE], isa: Isa, blk: usize, i: usize, p0: usize, cnt: usize, y: Out, ep: &Epilogue) {
+    let (mr, nr) = (isa.mr(), isa.nr());
+    // SAFETY (all plane accesses): views are live; this task is the only writer of these pixels of these rows.
+    let scale = ep.scale.map(|s| unsafe { &s.plane(i, 0)[p0..p0 + cnt] });
+    for r in 0..mr.min(p.cout - blk * mr) {
+        let o = blk * mr + r;
+        let acc = &tile[r * nr..r * nr + cnt];
+        let dst = unsafe { &mut y.plane(i, o)[p0..p0 + cnt] };
+        let b = p.bias[o];
+        match scale {
+            None => dst.iter_mut().zip(acc).for_each(|(d, a)| *d = a + b),
+            Some(s) => dst.iter_mut().zip(acc).zip(s).for_each(|((d, a), s)| *d = a * s + b),
+        }
+        if let Some(res) = ep.residual {
+            let res = unsafe { &res.plane(i, o)[p0..p0 + cnt] };
+            dst.iter_mut().zip(res).for_each(|(d, r)| *d += r);
+        }
+        if ep.relu {
+            dst.iter_mut().for_each(|d| *d = d.max(0.0));
+        }
+        if let Some(m) = ep.mul {
+            let m = unsafe { &m.plane(i, o)[p0..p0 + cnt] };
+            dst.iter_mut().zip(m).for_each(|(d, m)| *d *= m);
+        }
+    }
+}
