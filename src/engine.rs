@@ -66,7 +66,7 @@ impl std::str::FromStr for Device {
 
 /// Builds an engine for `device`. `Auto` takes CUDA when usable, else the CPU with a one-line notice on stderr.
 pub fn create(model: &crate::model::InfNet, device: Device, threads: usize) -> Result<Box<dyn Engine>> {
-    let graph = std::sync::Arc::new(model.graph.clone());
+    let graph = model.graph.clone();
     match device {
         Device::Cpu => Ok(Box::new(crate::cpu::CpuEngine::new(graph, threads)?)),
         Device::Cuda => Ok(Box::new(crate::cuda::CudaEngine::new(graph)?)),

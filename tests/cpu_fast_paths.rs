@@ -10,7 +10,6 @@ use infnet::cpu::{ops, plan_steps, CpuEngine, Step};
 use infnet::graph::{ConvParam, Graph, Node, View};
 use infnet::model::synthetic::{state_dict, Spec};
 use infnet::{Engine, InfNet, Tensor};
-use std::sync::Arc;
 
 struct Rng(u64);
 impl Rng {
@@ -217,7 +216,7 @@ fn reference_forward(g: &Graph, input: &Tensor) -> Vec<Vec<f32>> {
 #[test]
 fn tiny_model_engine_matches_reference_executor() {
     let model = InfNet::from_state_dict(&state_dict(&Spec::tiny(), 3)).unwrap();
-    let g = Arc::new(model.graph.clone());
+    let g = model.graph.clone();
     let fused = plan_steps(&g).iter().filter(|s| matches!(s, Step::AttentionConv { .. })).count();
     assert_eq!(fused, 3, "each reverse-attention branch should fold into its 1×1 conv");
     let (n, h, w) = (2, 64, 96);
@@ -261,7 +260,7 @@ fn max_pool_matches_reference() {
 #[test]
 fn full_model_small_input_matches_reference_executor() {
     let model = InfNet::from_state_dict(&state_dict(&Spec::full(), 1)).unwrap();
-    let g = Arc::new(model.graph.clone());
+    let g = model.graph.clone();
     let mut rng = Rng(23);
     let x = Tensor { shape: vec![1, 3, 64, 64], data: rng.vec(3 * 64 * 64) };
     let want = reference_forward(&g, &x);

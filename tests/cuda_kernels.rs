@@ -21,7 +21,6 @@ use infnet::engine::{Device, Engine};
 use infnet::graph::{ConvParam, ResizeMode};
 use infnet::model::synthetic::{state_dict, Spec};
 use infnet::{InfNet, Tensor};
-use std::sync::Arc;
 
 struct Rng(u64);
 impl Rng {
@@ -164,6 +163,7 @@ fn check_conv(p: &ConvParam, h: usize, w: usize, case: ConvCase, seed: u64) {
     let ep = Epilogue {
         residual: case.residual.then(|| res.cpu_in(2, p.cout)),
         relu: case.relu,
+        scale: None,
         mul: case.mul.then(|| mul.cpu_in(0, p.cout)),
     };
     conv2d_reference(p, x.cpu_in(2, p.cin), case.x_add.then(|| xa.cpu_in(1, p.cin)), want.cpu_out(2, p.cout), ep);
@@ -370,7 +370,7 @@ fn compare_outputs(what: &str, got: &infnet::Outputs, want: &infnet::Outputs, to
 #[test]
 fn emulated_whole_model_matches_cpu() {
     let model = tiny_model();
-    let graph = Arc::new(model.graph.clone());
+    let graph = model.graph.clone();
     let x = input(2, 64, 64, 11);
     let want = infnet::cpu::CpuEngine::new(graph.clone(), 2).expect("cpu engine").forward(&x).expect("cpu forward");
     let mut emu = EmulatedEngine::new(graph);
@@ -414,7 +414,7 @@ fn cuda_engine_or_clear_error() {
 #[test]
 fn emulated_full_width_model_matches_cpu() {
     let model = InfNet::from_state_dict(&state_dict(&Spec::full(), 3)).expect("synthetic full model builds");
-    let graph = Arc::new(model.graph.clone());
+    let graph = model.graph.clone();
     let x = input(1, 64, 64, 21);
     let want = infnet::cpu::CpuEngine::new(graph.clone(), 2).expect("cpu engine").forward(&x).expect("cpu forward");
     let got = EmulatedEngine::new(graph).forward(&x).expect("emulated forward");
@@ -426,7 +426,7 @@ fn emulated_full_width_model_matches_cpu() {
 #[test]
 fn cuda_engine_full_model_352() {
     let model = InfNet::from_state_dict(&state_dict(&Spec::full(), 4)).expect("synthetic full model builds");
-    let graph = Arc::new(model.graph.clone());
+    let graph = model.graph.clone();
     let mut gpu = match infnet::cuda::CudaEngine::new(graph.clone()) {
         Ok(e) => e,
         Err(e) => {

@@ -5,7 +5,9 @@
 mod common;
 
 use common::{fixture, rel_l2};
-use infnet::cpu::conv::{conv2d, conv2d_reference, scratch_len, Epilogue};
+use infnet::cpu::conv::{conv2d_im2col, conv2d_reference, scratch_len, Epilogue};
+use infnet::cpu::implicit_gemm::{self, PackedConv};
+use infnet::cpu::microkernel::Isa;
 use infnet::cpu::ops;
 use infnet::cpu::tensor::{In, Out, Shape};
 use infnet::graph::{ConvParam, ResizeMode};
@@ -38,17 +40,22 @@ fn conv_param(w: &Tensor, b: Vec<f32>, cfg: &[f32]) -> ConvParam {
     }
 }
 
-/// Runs both the reference and the fast convolution into NaN-poisoned outputs.
-fn run_conv(p: &ConvParam, x: &Tensor) -> (Vec<f32>, Vec<f32>) {
+/// Runs the reference and both fast convolutions (implicit GEMM with this CPU's micro-kernel, which the
+/// engine uses for every conv but 1×1; im2col + gemm crate, which it uses for 1×1) into NaN-poisoned outputs.
+fn run_conv(p: &ConvParam, x: &Tensor) -> [(&'static str, Vec<f32>); 3] {
     let xs = shape4(x);
     let (oh, ow) = p.out_size(xs.h, xs.w);
     let ys = Shape::dense(xs.n, p.cout, oh, ow);
     let mut reference = vec![f32::NAN; ys.span()];
     conv2d_reference(p, In::new(&x.data, xs), None, Out::new(&mut reference, ys), Epilogue::default());
-    let mut fast = vec![f32::NAN; ys.span()];
+    let mut im2col = vec![f32::NAN; ys.span()];
     let mut scratch = vec![f32::NAN; scratch_len(p, xs.h, xs.w, false)];
-    conv2d(p, In::new(&x.data, xs), None, Out::new(&mut fast, ys), Epilogue::default(), &mut scratch, 2);
-    (reference, fast)
+    conv2d_im2col(p, In::new(&x.data, xs), None, Out::new(&mut im2col, ys), Epilogue::default(), &mut scratch, 2);
+    let pk = PackedConv::new(p, Isa::detect());
+    let mut implicit = vec![f32::NAN; ys.span()];
+    let mut panels = vec![f32::NAN; rayon::current_num_threads() * pk.panel_len()];
+    implicit_gemm::conv2d(p, &pk, In::new(&x.data, xs), None, Out::new(&mut implicit, ys), Epilogue::default(), &mut panels);
+    [("reference", reference), ("im2col+gemm", im2col), ("implicit GEMM", implicit)]
 }
 
 #[test]
@@ -61,9 +68,9 @@ fn convolutions_match_pytorch() {
         let p = conv_param(t("w"), t("b").data.clone(), &t("cfg").data);
         let want = t("y");
         assert_eq!(want.shape[0], 3);
-        let (reference, fast) = run_conv(&p, t("x"));
-        check(&format!("{name} (reference)"), &reference, want, 1e-6);
-        check(&format!("{name} (fast)"), &fast, want, 1e-5);
+        for (path, y) in run_conv(&p, t("x")) {
+            check(&format!("{name} ({path})"), &y, want, if path == "reference" { 1e-6 } else { 1e-5 });
+        }
     }
 }
 
@@ -74,9 +81,9 @@ fn batchnorm_folding_matches_pytorch() {
     let mut p = conv_param(w, vec![0.0; w.shape[0]], &[1.0, 1.0, 1.0, 1.0]);
     let g = |k: &str| f[&format!("conv_bn.bn_{k}")].data.clone();
     infnet::model::fold_batchnorm(&mut p.weight, &mut p.bias, &g("weight"), &g("bias"), &g("running_mean"), &g("running_var"));
-    let (reference, fast) = run_conv(&p, &f["conv_bn.x"]);
-    check("conv_bn (reference)", &reference, &f["conv_bn.y"], 1e-6);
-    check("conv_bn (fast)", &fast, &f["conv_bn.y"], 1e-5);
+    for (path, y) in run_conv(&p, &f["conv_bn.x"]) {
+        check(&format!("conv_bn ({path})"), &y, &f["conv_bn.y"], if path == "reference" { 1e-6 } else { 1e-5 });
+    }
 }
 
 type PoolOp = Box<dyn Fn(In, Out)>;

@@ -52,7 +52,8 @@ impl Config {
 
 pub struct InfNet {
     pub config: Config,
-    pub graph: Graph,
+    /// Shared with the engines built from it (the weights live here once).
+    pub graph: std::sync::Arc<Graph>,
 }
 
 impl InfNet {
@@ -89,7 +90,7 @@ impl InfNet {
             edge_channel: heads.edge_channel,
             ..config_partial
         };
-        Ok(InfNet { config, graph: b.g })
+        Ok(InfNet { config, graph: std::sync::Arc::new(b.g) })
     }
 }
 
