@@ -129,13 +129,18 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 eng.forward(&x)?;
             }
             let mut samples = Vec::with_capacity(a.iters);
+            // Accelerators also time the forward on the device (CUDA events around the graph replay).
+            let mut device_samples = Vec::with_capacity(a.iters);
             for _ in 0..a.iters {
                 let t = Instant::now();
                 let out = eng.forward(&x)?;
                 samples.push(t.elapsed().as_secs_f64());
+                device_samples.extend(eng.last_device_ms().map(|ms| ms / 1e3));
                 drop(out);
             }
             let s = Stats::of(&samples);
+            let dev = (device_samples.len() == samples.len()).then(|| Stats::of(&device_samples));
+            let dev_mem = eng.device_memory_bytes();
             let ips = batch as f64 / s.median;
             let gflop = 2.0 * model.graph.macs(size, size) as f64 / 1e9;
             let rss = peak_rss_mib();
@@ -156,6 +161,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "threads": threads,
                     "weights": weights,
                     "peak_rss_mib": rss,
+                    "device_median_ms": dev.as_ref().map(|d| d.median * 1e3),
+                    "device_p99_ms": dev.as_ref().and_then(|d| d.p99).map(|v| v * 1e3),
+                    "device_memory_bytes": dev_mem,
                 });
                 println!("{line}");
             } else {
@@ -168,6 +176,19 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     ips,
                     gflop * ips
                 );
+                if let Some(d) = &dev {
+                    let p99 = d.p99.map_or(String::new(), |v| format!("  p99 {:8.2}", v * 1e3));
+                    println!(
+                        "{:>22} device median {:8.2} ms  p10 {:8.2}  p90 {:8.2}{p99}  (CUDA events, host copies excluded)",
+                        "",
+                        d.median * 1e3,
+                        d.p10 * 1e3,
+                        d.p90 * 1e3
+                    );
+                }
+                if let Some(m) = dev_mem {
+                    println!("{:>22} device memory {:.0} MiB (weights + activation arena)", "", m as f64 / 1048576.0);
+                }
             }
         }
     }
