@@ -137,6 +137,10 @@ fn recipe_schedule_matches_public_formulas() {
     let lr = |e| adam::public_lr(1e-4, e, 0.1, 50);
     assert!((lr(1) - 1e-4).abs() < 1e-18 && (lr(49) - 1e-4).abs() < 1e-18);
     assert!((lr(50) - 1e-5).abs() < 1e-18 && (lr(51) - 1e-6).abs() < 1e-19);
+    // --lr-schedule step: ×0.1 at epochs 50, 100, … and constant in between.
+    let step = |e| adam::step_lr(1e-4, e, 0.1, 50);
+    assert!((step(49) - 1e-4).abs() < 1e-18 && (step(50) - 1e-5).abs() < 1e-18);
+    assert!((step(99) - 1e-5).abs() < 1e-18 && (step(100) - 1e-6).abs() < 1e-19);
 }
 
 #[test]

@@ -70,6 +70,12 @@ pub fn public_lr(init_lr: f64, epoch: usize, decay_rate: f64, decay_epoch: usize
     (1..=epoch).fold(init_lr, |lr, e| lr * decay_rate.powi((e / decay_epoch.max(1)) as i32))
 }
 
+/// The schedule as the paper and the issue describe it: lr × decay_rate^⌊epoch / decay_epoch⌋, i.e. one
+/// ×decay_rate step every decay_epoch epochs, without compounding (`--lr-schedule step`).
+pub fn step_lr(init_lr: f64, epoch: usize, decay_rate: f64, decay_epoch: usize) -> f64 {
+    init_lr * decay_rate.powi((epoch / decay_epoch.max(1)) as i32)
+}
+
 /// Python's round(): halves go to the even neighbour.
 pub fn round_half_even(v: f64) -> f64 {
     let r = v.round();

@@ -62,6 +62,12 @@ pub fn train_step(a: &TrainStepArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LrSchedule {
+    Public,
+    Step,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// Training set in the COVID-SemiSeg layout: Imgs/, GT/ and optionally Edge/.
@@ -103,6 +109,10 @@ pub struct TrainArgs {
     pub decay_rate: f64,
     #[arg(long, default_value_t = 50)]
     pub decay_epoch: usize,
+    /// `public`: the public adjust_lr's actual, compounding decay (default; it produced the published
+    /// models); `step`: a plain ×decay_rate every decay_epoch epochs, as the paper's text reads.
+    #[arg(long, value_enum, default_value = "public")]
+    pub lr_schedule: LrSchedule,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -235,7 +245,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     for epoch in first_epoch..=a.epochs {
-        let lr = super::adam::public_lr(a.lr, epoch, a.decay_rate, a.decay_epoch);
+        let lr = match a.lr_schedule {
+            LrSchedule::Public => super::adam::public_lr(a.lr, epoch, a.decay_rate, a.decay_epoch),
+            LrSchedule::Step => super::adam::step_lr(a.lr, epoch, a.decay_rate, a.decay_epoch),
+        };
         let order = super::data::shuffled(samples.len(), a.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         let mut sums = super::loss::LossParts::default();
         for chunk in order.chunks(a.batch) {
