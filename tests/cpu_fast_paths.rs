@@ -120,6 +120,9 @@ fn conv_cases(rng: &mut Rng) -> Vec<ConvParam> {
         param(rng, 7, 9, 7, 1, 1, 3, 0, 1),    // 7×1
         param(rng, 9, 11, 5, 5, 1, 2, 2, 1),   // 5×5
         param(rng, 5, 1, 3, 3, 1, 1, 1, 1),    // one output channel
+        param(rng, 600, 21, 1, 1, 1, 0, 0, 1), // 1×1, K in 3 chunks
+        param(rng, 70, 75, 3, 3, 1, 1, 1, 1),  // 3×3, K = 630 in 3 chunks, 10 row blocks
+        param(rng, 23, 9, 5, 5, 1, 2, 2, 1),   // 5×5, K = 575 in 3 chunks
     ]
 }
 
@@ -251,6 +254,31 @@ fn max_pool_matches_reference() {
         ops::max_pool(In::new(&x, xs), Out::new(&mut got, ys), k, s, p);
         for (a, b) in got.iter().zip(&want) {
             assert!(a == b || (a.is_nan() && b.is_nan()), "max pool {h}×{w} k{k} s{s} p{p}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn avg_pool_matches_reference() {
+    let mut rng = Rng(19);
+    // (n, c, h, w, k, s, p, ceil_mode, count_include_pad): the network's 2×2/2 ceil-mode pools and 3×3/1 ones.
+    for (n, c, h, w, k, s, p, ceil, cip) in [
+        (2, 3, 13, 17, 2, 2, 0, true, false),
+        (1, 5, 8, 8, 2, 2, 0, true, false),
+        (2, 2, 7, 5, 3, 1, 1, false, true),
+        (1, 2, 7, 5, 3, 1, 1, false, false),
+        (1, 1, 1, 3, 3, 2, 1, true, true),
+        (1, 3, 11, 9, 3, 2, 1, true, false),
+    ] {
+        let x = rng.vec(n * c * h * w);
+        let (oh, ow) = (ops::pool_out_size(h, k, s, p, ceil), ops::pool_out_size(w, k, s, p, ceil));
+        let (xs, ys) = (Shape::dense(n, c, h, w), Shape::dense(n, c, oh, ow));
+        let mut want = vec![0.0; n * c * oh * ow];
+        let mut got = vec![f32::NAN; want.len()];
+        ops::avg_pool_reference(In::new(&x, xs), Out::new(&mut want, ys), k, s, p, cip);
+        ops::avg_pool(In::new(&x, xs), Out::new(&mut got, ys), k, s, p, cip);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "avg pool {h}×{w} k{k} s{s} p{p} ceil {ceil} cip {cip}: {a} vs {b}");
         }
     }
 }

@@ -84,7 +84,7 @@ pub fn conv2d(p: &ConvParam, pk: &PackedConv, x: In, x_add: Option<In>, y: Out, 
         let one = pk.k * nr;
         for (c, t) in ts.clone().enumerate() {
             let (i, p0) = (t / panels, (t % panels) * nr);
-            gather(p, x, x_add, i, p0, nr.min(pixels - p0), nr, ys.w, &mut cols[c * one..(c + 1) * one]);
+            gather(p, x, x_add, i, p0, nr.min(pixels - p0), nr, ys.w, isa == Isa::Avx512, &mut cols[c * one..(c + 1) * one]);
         }
         for blk in b0..b1 {
             let w = pk.w[blk * pk.k * isa.mr()..].as_ptr();
@@ -112,7 +112,7 @@ impl SendPtr {
 /// for j < cnt; zero for j ≥ cnt. Output pixels are walked in runs along one output row, so that for
 /// stride 1 each tap is one contiguous copy with zeroed borders.
 #[allow(clippy::too_many_arguments)]
-fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, nr: usize, ow: usize, cols: &mut [f32]) {
+fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, nr: usize, ow: usize, avx512: bool, cols: &mut [f32]) {
     let xs = x.shape;
     let taps = p.kh * p.kw;
     let pointwise = taps == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0;
@@ -152,6 +152,12 @@ fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usi
                     let row = iy as usize * xs.w;
                     // Input column of run element t: ox0·s + kx·d − pad + t·s.
                     let c0 = (ox0 * p.stride + kx * p.dil) as isize - p.pad_w as isize;
+                    #[cfg(target_arch = "x86_64")]
+                    if p.stride == 1 && avx512 && len <= 32 {
+                        // SAFETY: the caller detected AVX-512F; masked lanes are neither read nor written.
+                        unsafe { run_avx512(out.as_mut_ptr(), len, src.as_ptr(), add.map(|a| a.as_ptr()), row, c0, xs.w) };
+                        continue;
+                    }
                     if p.stride == 1 {
                         let lo = (-c0).clamp(0, len as isize) as usize;
                         let hi = (xs.w as isize - c0).clamp(lo as isize, len as isize) as usize;
@@ -188,10 +194,95 @@ fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usi
     }
 }
 
+/// One stride-1 run of `gather` with AVX-512 masks: out[t] = row[c0 + t] (+ add), zero where c0 + t
+/// falls outside 0..w, for t < len ≤ 32 — two masked loads and stores instead of a copy and two fills.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512(out: *mut f32, len: usize, src: *const f32, add: Option<*const f32>, row: usize, c0: isize, w: usize) {
+    use std::arch::x86_64::*;
+    let lo = (-c0).clamp(0, len as isize) as u32;
+    let hi = (w as isize - c0).clamp(lo as isize, len as isize) as u32;
+    let valid = (((1u64 << hi) - 1) & !((1u64 << lo) - 1)) as u32;
+    let lenm = ((1u64 << len) - 1) as u32;
+    let off = row as isize + c0;
+    // Pointers may point outside the plane where lanes are masked off: never dereferenced there.
+    let base = src.wrapping_offset(off);
+    let abase = add.map(|a| a.wrapping_offset(off));
+    for h in 0..len.div_ceil(16) {
+        let (mv, ml) = ((valid >> (16 * h)) as u16, (lenm >> (16 * h)) as u16);
+        let mut v = _mm512_maskz_loadu_ps(mv, base.wrapping_add(16 * h));
+        if let Some(a) = abase {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mv, a.wrapping_add(16 * h)));
+        }
+        _mm512_mask_storeu_ps(out.add(16 * h), ml, v);
+    }
+}
+
 /// Writes rows blk·MR.. of a finished tile through the epilogue: (acc · scale) + bias + residual, ReLU, × mul.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn store(p: &ConvParam, tile: &[f32; MAX_TILE], isa: Isa, blk: usize, i: usize, p0: usize, cnt: usize, y: Out, ep: &Epilogue) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: the isa was detected; same contract as below.
+        unsafe { store_avx512(p, tile, blk, i, p0, cnt, y, ep) };
+        return;
+    }
+    store_generic(p, tile, isa, blk, i, p0, cnt, y, ep)
+}
+
+/// `store` for the AVX-512 tile (8 × 32): one masked pass per row instead of up to four SSE passes.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_avx512(p: &ConvParam, tile: &[f32; MAX_TILE], blk: usize, i: usize, p0: usize, cnt: usize, y: Out, ep: &Epilogue) {
+    use std::arch::x86_64::*;
+    const MR: usize = 8;
+    const NR: usize = 32;
+    let m0: __mmask16 = if cnt >= 16 { 0xffff } else { ((1u32 << cnt) - 1) as u16 };
+    let m1: __mmask16 = if cnt >= 32 { 0xffff } else if cnt > 16 { ((1u32 << (cnt - 16)) - 1) as u16 } else { 0 };
+    macro_rules! ld {
+        ($ptr:expr) => {{
+            let ptr: *const f32 = $ptr;
+            (_mm512_maskz_loadu_ps(m0, ptr), _mm512_maskz_loadu_ps(m1, ptr.wrapping_add(16)))
+        }};
+    }
+    let scale = ep.scale.map(|s| ld!(s.plane(i, 0).as_ptr().add(p0)));
+    let zero = _mm512_setzero_ps();
+    for r in 0..MR.min(p.cout - blk * MR) {
+        let o = blk * MR + r;
+        let t = tile.as_ptr().add(r * NR);
+        let (mut a, mut b) = (_mm512_loadu_ps(t), _mm512_loadu_ps(t.add(16)));
+        if let Some((s0, s1)) = scale {
+            a = _mm512_mul_ps(a, s0);
+            b = _mm512_mul_ps(b, s1);
+        }
+        let bias = _mm512_set1_ps(p.bias[o]);
+        a = _mm512_add_ps(a, bias);
+        b = _mm512_add_ps(b, bias);
+        if let Some(res) = ep.residual {
+            let (r0, r1) = ld!(res.plane(i, o).as_ptr().add(p0));
+            a = _mm512_add_ps(a, r0);
+            b = _mm512_add_ps(b, r1);
+        }
+        if ep.relu {
+            a = _mm512_max_ps(a, zero);
+            b = _mm512_max_ps(b, zero);
+        }
+        if let Some(m) = ep.mul {
+            let (x0, x1) = ld!(m.plane(i, o).as_ptr().add(p0));
+            a = _mm512_mul_ps(a, x0);
+            b = _mm512_mul_ps(b, x1);
+        }
+        let dst = y.plane(i, o).as_mut_ptr().add(p0);
+        _mm512_mask_storeu_ps(dst, m0, a);
+        _mm512_mask_storeu_ps(dst.wrapping_add(16), m1, b);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn store_generic(p: &ConvParam, tile: &[f32; MAX_TILE], isa: Isa, blk: usize, i: usize, p0: usize, cnt: usize, y: Out, ep: &Epilogue) {
     let (mr, nr) = (isa.mr(), isa.nr());
     // SAFETY (all plane accesses): views are live; this task is the only writer of these pixels of these rows.
     let scale = ep.scale.map(|s| unsafe { &s.plane(i, 0)[p0..p0 + cnt] });

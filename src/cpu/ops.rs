@@ -20,39 +20,43 @@ pub fn pool_out_size(size: usize, k: usize, s: usize, p: usize, ceil: bool) -> u
 }
 
 /// MaxPool2d(k, s, p), floor mode. x: N×C×H×W → y: N×C×OH×OW.
+///
+/// Separable: per output row, the column-wise max of its k input rows (one vectorised pass over whole
+/// rows), then the max over k columns of that. Exact (max is order-independent); planes holding a NaN
+/// take the per-window path, which propagates it as PyTorch does.
 pub fn max_pool(x: In, y: Out, k: usize, s: usize, p: usize) {
     let (xs, ys) = (x.shape, y.shape);
     assert_eq!((xs.n, xs.c), (ys.n, ys.c));
     for_each_plane(xs.n, xs.c, |i, ch| unsafe {
         let src = x.plane(i, ch);
         let dst = y.plane(i, ch);
+        let nan = src.iter().fold(false, |a, v| a | v.is_nan());
+        let mut tmp = vec![f32::NEG_INFINITY; xs.w];
         for oy in 0..ys.h {
             let y0 = (oy * s) as i64 - p as i64;
-            let (ya, yb) = (y0.max(0) as usize, ((y0 + k as i64) as usize).min(xs.h));
-            // Interior columns: the whole window is inside the row, no bounds to check (the stem's
-            // 3×3/2 pool over 64×176×176 is otherwise among the slowest nodes).
-            let ox_lo = p.div_ceil(s);
-            let ox_hi = if xs.w + p >= k { ((xs.w + p - k) / s + 1).min(ys.w) } else { 0 };
-            if !(ya..yb).any(|yy| src[yy * xs.w..(yy + 1) * xs.w].iter().any(|v| v.is_nan())) {
-                for ox in ox_lo..ox_hi.max(ox_lo) {
-                    let x0 = ox * s - p;
-                    let mut m = f32::NEG_INFINITY;
-                    for yy in ya..yb {
-                        for &v in &src[yy * xs.w + x0..yy * xs.w + x0 + k] {
-                            m = m.max(v);
-                        }
-                    }
-                    dst[oy * ys.w + ox] = m;
+            let (ya, yb) = (y0.max(0) as usize, ((y0 + k as i64).max(0) as usize).min(xs.h));
+            if nan {
+                for ox in 0..ys.w {
+                    let x0 = (ox * s) as i64 - p as i64;
+                    let (xa, xb) = (x0.max(0) as usize, ((x0 + k as i64).max(0) as usize).min(xs.w));
+                    dst[oy * ys.w + ox] = window_max(src, xs.w, ya, yb, xa, xb);
                 }
-            } else {
-                for ox in ox_lo..ox_hi.max(ox_lo) {
-                    dst[oy * ys.w + ox] = window_max(src, xs.w, ya, yb, ox * s - p, ox * s - p + k);
+                continue;
+            }
+            tmp.fill(f32::NEG_INFINITY);
+            for yy in ya..yb {
+                for (t, &v) in tmp.iter_mut().zip(&src[yy * xs.w..(yy + 1) * xs.w]) {
+                    *t = if v > *t { v } else { *t };
                 }
             }
-            for ox in (0..ox_lo.min(ys.w)).chain(ox_hi.max(ox_lo)..ys.w) {
+            for (ox, d) in dst[oy * ys.w..(oy + 1) * ys.w].iter_mut().enumerate() {
                 let x0 = (ox * s) as i64 - p as i64;
-                let (xa, xb) = (x0.max(0) as usize, ((x0 + k as i64) as usize).min(xs.w));
-                dst[oy * ys.w + ox] = window_max(src, xs.w, ya, yb, xa, xb);
+                let (xa, xb) = (x0.max(0) as usize, ((x0 + k as i64).max(0) as usize).min(xs.w));
+                let mut m = f32::NEG_INFINITY;
+                for &v in &tmp[xa..xb] {
+                    m = if v > m { v } else { m };
+                }
+                *d = m;
             }
         }
     });
@@ -102,7 +106,43 @@ pub fn max_pool_reference(x: In, y: Out, k: usize, s: usize, p: usize) {
 }
 
 /// AvgPool2d(k, s, p, ceil_mode, count_include_pad). x: N×C×H×W → y: N×C×OH×OW.
+///
+/// Separable: per output row, the column sums of its window rows (one vectorised pass over whole rows),
+/// then the sum of those over each window's columns. Same terms as the per-window sum, in a different
+/// order (a few ulp); `avg_pool_reference` is the per-window loop it is tested against.
 pub fn avg_pool(x: In, y: Out, k: usize, s: usize, p: usize, count_include_pad: bool) {
+    let (xs, ys) = (x.shape, y.shape);
+    assert_eq!((xs.n, xs.c), (ys.n, ys.c));
+    for_each_plane(xs.n, xs.c, |i, ch| unsafe {
+        let src = x.plane(i, ch);
+        let dst = y.plane(i, ch);
+        let mut tmp = vec![0.0f32; xs.w];
+        for oy in 0..ys.h {
+            let hs = (oy * s) as i64 - p as i64;
+            let he = (hs + k as i64).min((xs.h + p) as i64);
+            let ph = he - hs;
+            let (ya, yb) = (hs.max(0) as usize, he.clamp(0, xs.h as i64) as usize);
+            tmp.fill(0.0);
+            for yy in ya..yb {
+                for (t, &v) in tmp.iter_mut().zip(&src[yy * xs.w..(yy + 1) * xs.w]) {
+                    *t += v;
+                }
+            }
+            for (ox, d) in dst[oy * ys.w..(oy + 1) * ys.w].iter_mut().enumerate() {
+                let ws = (ox * s) as i64 - p as i64;
+                let we = (ws + k as i64).min((xs.w + p) as i64);
+                let pw = we - ws;
+                let (xa, xb) = (ws.max(0) as usize, we.clamp(0, xs.w as i64) as usize);
+                let acc: f32 = tmp[xa..xb.max(xa)].iter().sum();
+                let div = if count_include_pad { ph * pw } else { ((yb.saturating_sub(ya)) * (xb.saturating_sub(xa))) as i64 };
+                *d = acc / div as f32;
+            }
+        }
+    });
+}
+
+/// The original per-window AvgPool2d loop (PyTorch's summation order), the reference for `avg_pool`.
+pub fn avg_pool_reference(x: In, y: Out, k: usize, s: usize, p: usize, count_include_pad: bool) {
     let (xs, ys) = (x.shape, y.shape);
     assert_eq!((xs.n, xs.c), (ys.n, ys.c));
     for_each_plane(xs.n, xs.c, |i, ch| unsafe {
