@@ -193,3 +193,30 @@ fn f16_export_loads_and_predicts_like_f32() {
         assert!(err < 2e-2, "{n}: f16 vs f32 relative error {err}");
     }
 }
+
+/// The bundled demo model is the default of `infnet segment` and finds the phantom lesions of the
+/// bundled held-out example slice.
+#[test]
+fn bundled_demo_model_segments_the_example_slice() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (weights, slice) = (root.join(infnet::segment::BUNDLED_WEIGHTS), root.join("weights/example_slice.png"));
+    if !weights.is_file() || !slice.is_file() {
+        eprintln!("no bundled demo model; skipped");
+        return;
+    }
+    assert!(std::fs::metadata(&weights).unwrap().len() <= 10 << 20, "the demo model stays under 10 MB");
+    let sd = infnet::StateDict::load(&weights).unwrap();
+    assert!(sd.dtypes.values().all(|d| d == "f16"));
+    let out = temp_dir("semi-demo");
+    let r = Command::new(env!("CARGO_BIN_EXE_infnet"))
+        .current_dir(root)
+        .args(["segment", "--device", "cpu", "--threshold", "0.5", "--overlay", "--out", s(&out), s(&slice)])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", stderr(&r));
+    let mask = image::open(out.join("example_slice_mask.png")).unwrap().to_luma8();
+    let on = mask.pixels().filter(|p| p[0] == 255).count();
+    let frac = on as f64 / (mask.width() * mask.height()) as f64;
+    assert!(frac > 0.0005 && frac < 0.05, "infected fraction {frac} (the phantom's lesions cover about 0.5%)");
+    assert!(out.join("example_slice_overlay.png").is_file());
+}
