@@ -34,9 +34,14 @@ fn phantoms(dir: &Path, labelled: u64, unlabelled: u64) -> (PathBuf, PathBuf) {
 fn semi(lab: &Path, unl: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "semi-train", "--labeled", s(lab), "--unlabeled", s(unl), "--out", s(out), "--per-round", "2", "--epochs-per-round", "1",
-        "--batch", "2", "--size", "64", "--variant", "tiny", "--labeled-epochs", "2", "--pool-epochs", "1", "--finetune-epochs", "1",
-        "--train-batch", "2", "--lr", "1e-3", "--train-lr", "1e-3", "--seed", "5", "--threads", "2",
+        "--batch", "2", "--size", "64", "--variant", "tiny", "--labeled-epochs", "2", "--train-batch", "2", "--lr", "1e-3",
+        "--train-lr", "1e-3", "--seed", "5", "--threads", "2",
     ];
+    for (opt, v) in [("--pool-epochs", "1"), ("--finetune-epochs", "1")] {
+        if !extra.contains(&opt) {
+            args.extend([opt, v]);
+        }
+    }
     args.extend_from_slice(extra);
     infnet(&args)
 }
@@ -219,4 +224,20 @@ fn bundled_demo_model_segments_the_example_slice() {
     let frac = on as f64 / (mask.width() * mask.height()) as f64;
     assert!(frac > 0.0005 && frac < 0.05, "infected fraction {frac} (the phantom's lesions cover about 0.5%)");
     assert!(out.join("example_slice_overlay.png").is_file());
+}
+
+#[test]
+fn pseudo_threshold_binarises_the_pseudo_labels() {
+    let dir = temp_dir("semi-thr");
+    let (lab, unl) = phantoms(&dir, 2, 2);
+    let out = dir.join("out");
+    let r = semi(&lab, &unl, &out, &["--rounds", "1", "--pseudo-threshold", "0.5", "--pool-epochs", "0", "--finetune-epochs", "0"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    for n in names(&out.join("pool/GT")).iter().filter(|n| n.starts_with('u')) {
+        let img = image::open(out.join("pool/GT").join(n)).unwrap().to_luma8();
+        assert!(img.pixels().all(|p| p[0] == 0 || p[0] == 255), "{n} is binary");
+    }
+    // Without the final stages, Semi-Inf-Net is the last round's model.
+    assert!(out.join("Semi-Inf-Net.safetensors").is_file());
+    assert!(!stderr(&r).contains("stage pool-after"), "{}", stderr(&r));
 }
