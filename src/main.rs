@@ -47,6 +47,8 @@ enum Cmd {
     TrainStep(infnet::train::cli::TrainStepArgs),
     /// Train on a COVID-SemiSeg-style folder with the public recipe (Adam, multi-scale, clamped gradients).
     Train(infnet::train::cli::TrainArgs),
+    /// Semi-Inf-Net: pseudo-label unlabelled slices round by round, as the public PseudoGenerator, then train on the pool.
+    SemiTrain(infnet::train::semi::SemiTrainArgs),
     /// Score prediction maps against ground-truth masks as the public Inf-Net MATLAB EvaluationTool does.
     Eval(infnet::eval::EvalArgs),
     /// Write synthetic chest CT slices with infection masks in the COVID-SemiSeg layout.
@@ -72,6 +74,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench(a) => infnet::bench::run(&a),
         Cmd::TrainStep(a) => infnet::train::cli::train_step(&a),
         Cmd::Train(a) => infnet::train::cli::train(&a),
+        Cmd::SemiTrain(a) => infnet::train::semi::run(&a),
         Cmd::Eval(a) => infnet::eval::run(&a),
         Cmd::Phantom(a) => infnet::phantom::run(&a),
     }

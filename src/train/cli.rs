@@ -116,6 +116,44 @@ pub struct TrainArgs {
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Widths of the randomly initialised network when no --init is given (ignored with --init/--resume).
+    #[arg(long, value_enum, default_value_t = Variant::Full)]
+    pub variant: Variant,
+    /// Also write the final weights as f16 safetensors (public key names) to this path.
+    #[arg(long)]
+    pub export_f16: Option<PathBuf>,
+}
+
+/// Channel widths and blocks of a randomly initialised network.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Variant {
+    /// Inf-Net as published (Res2Net-50 v1b 26w×4s, channel 32).
+    #[default]
+    Full,
+    /// The reduced demo model: one Res2Net block per stage at a quarter of the public widths.
+    Demo,
+    /// The test variant (blocks 2,1,2,1; widths 8..32).
+    Tiny,
+}
+
+impl Variant {
+    pub fn spec(self) -> crate::model::synthetic::Spec {
+        use crate::model::synthetic::Spec;
+        match self {
+            Variant::Full => Spec::full(),
+            Variant::Demo => Spec {
+                blocks: [1, 1, 2, 1],
+                base_width: 26,
+                scale: 4,
+                planes: [16, 32, 64, 128],
+                stem: [16, 16],
+                channel: 16,
+                ra: [64, 32, 32],
+                edge: 32,
+            },
+            Variant::Tiny => Spec::tiny(),
+        }
+    }
 }
 
 const LAST: &str = "last.safetensors";
@@ -210,7 +248,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     } else if let Some(init) = &a.init {
         (checkpoint::load(init)?, 1, None)
     } else {
-        let sd = crate::model::synthetic::state_dict(&crate::model::synthetic::Spec::full(), a.seed);
+        let sd = crate::model::synthetic::state_dict(&a.variant.spec(), a.seed);
         (checkpoint::Loaded { state: sd, num_batches_tracked: Default::default(), passthrough: Default::default() }, 1, None)
     };
     let mut net = TrainNet::from_state_dict(&loaded.state, &loaded.num_batches_tracked)?;
@@ -301,6 +339,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         checkpoint::save(&a.out.join(LAST), &net, &loaded.passthrough, Some(meta_map(&[("epoch", epoch.to_string())])))?;
     }
     bar.finish_and_clear();
+    if let Some(dst) = &a.export_f16 {
+        super::export::write_f16(&a.out.join(format!("Inf-Net-{}.safetensors", a.epochs)), dst)?;
+        log.line(&format!("exported f16 weights to {}", dst.display()))?;
+    }
     log.line("done")?;
     Ok(())
 }

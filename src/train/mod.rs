@@ -8,12 +8,16 @@
 //! - `adam`: Adam, `clip_gradient`, `adjust_lr`, multi-scale sizes and rescaling, as the public script;
 //! - `data`: the COVID-SemiSeg folder layout, validated before training;
 //! - `checkpoint`: state_dicts PyTorch loads with strict=True, plus optimiser state for `--resume`;
+//! - `export`: f16 copies of checkpoints (the bundled demo model);
+//! - `semi`: the public pseudo-label procedure (Semi-Inf-Net), the `semi-train` command;
 //! - `cli`: the commands.
 
 pub mod adam;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod export;
 pub mod loss;
 pub mod net;
 pub mod ops;
+pub mod semi;
