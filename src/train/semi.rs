@@ -269,6 +269,7 @@ impl Runner<'_> {
             clip: super::adam::CLIP,
             decay_rate: 0.1,
             decay_epoch: 50,
+            lr_schedule: cli::LrSchedule::Public,
             threads: self.a.threads,
             variant: self.a.variant,
             export_f16: None,
