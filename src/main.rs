@@ -47,6 +47,8 @@ enum Cmd {
     TrainStep(infnet::train::cli::TrainStepArgs),
     /// Train on a COVID-SemiSeg-style folder with the public recipe (Adam, multi-scale, clamped gradients).
     Train(infnet::train::cli::TrainArgs),
+    /// Time whole training steps (forward, loss, backward, clamp, Adam) on one batch.
+    BenchTrain(infnet::train::cli::BenchTrainArgs),
     /// Score prediction maps against ground-truth masks as the public Inf-Net MATLAB EvaluationTool does.
     Eval(infnet::eval::EvalArgs),
     /// Write synthetic chest CT slices with infection masks in the COVID-SemiSeg layout.
@@ -72,6 +74,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench(a) => infnet::bench::run(&a),
         Cmd::TrainStep(a) => infnet::train::cli::train_step(&a),
         Cmd::Train(a) => infnet::train::cli::train(&a),
+        Cmd::BenchTrain(a) => infnet::train::cli::bench_train(&a),
         Cmd::Eval(a) => infnet::eval::run(&a),
         Cmd::Phantom(a) => infnet::phantom::run(&a),
     }

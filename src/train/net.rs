@@ -81,6 +81,8 @@ pub struct TrainNet {
     /// lateral_map_5, _4, _3, _2, lateral_edge.
     outputs: [BufId; 5],
     plan: Option<Plan>,
+    /// Opt-in per-op timing (`INFNET_TRAIN_PROFILE=1`), printed to stderr after each step.
+    profile: Option<BTreeMap<String, (f64, usize)>>,
 }
 
 /// Batch tensors for one step: images N×3×H×W, masks and edges N×1×H×W.
@@ -112,6 +114,7 @@ impl TrainNet {
             input: input.buf,
             outputs,
             plan: None,
+            profile: std::env::var("INFNET_TRAIN_PROFILE").ok().filter(|v| !v.is_empty() && v != "0").map(|_| BTreeMap::new()),
         })
     }
 
@@ -171,8 +174,10 @@ impl TrainNet {
         }
         self.prepare(n, h, w);
         let mut plan = self.plan.take().expect("plan prepared");
+        let t_start = std::time::Instant::now();
         plan.acts[self.input].copy_from_slice(&batch.images.data);
         self.forward(&mut plan);
+        let t_fwd = t_start.elapsed().as_secs_f64();
         for g in plan.grads.iter_mut() {
             g.fill(0.0);
         }
@@ -201,7 +206,9 @@ impl TrainNet {
         for (k, g) in d.into_iter().enumerate() {
             plan.grads[self.outputs[k]] = g;
         }
+        let t_loss = t_start.elapsed().as_secs_f64() - t_fwd;
         self.backward(&mut plan);
+        self.report_profile(t_start.elapsed().as_secs_f64(), &[("zero grads + loss", t_loss)]);
         self.plan = Some(plan);
         Ok(parts)
     }
@@ -218,7 +225,9 @@ impl TrainNet {
 
     fn forward(&mut self, plan: &mut Plan) {
         let dims = (plan.n, plan.h, plan.w);
+        let mut prof = self.profile.take();
         for node in &self.nodes {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
             let (outv, reads) = node_io(node);
             let (yo, ys) = view_shape(&self.bufs, dims, outv);
             let ins: Vec<(&[f32], Shape)> = reads
@@ -265,14 +274,36 @@ impl TrainNet {
                 Node::Resize { mode, .. } => ops::resize_forward(ins[0].0, ins[0].1, y, ys, mode),
                 Node::ReverseAttention { .. } => ops::reverse_attention_forward(ins[0].0, ins[0].1, ins[1].0, ins[1].1, y, ys),
             }
+            if let (Some(p), Some(t0)) = (prof.as_mut(), t0) {
+                let e = p.entry(format!("fwd {}", op_label(&self.convs, node))).or_default();
+                e.0 += t0.elapsed().as_secs_f64();
+                e.1 += 1;
+            }
         }
+        self.profile = prof;
+    }
+
+
+    /// Prints and clears the accumulated profile.
+    fn report_profile(&mut self, total: f64, other: &[(&str, f64)]) {
+        let Some(p) = self.profile.as_mut() else { return };
+        let mut rows: Vec<(String, f64, usize)> = p.iter().map(|(k, v)| (k.clone(), v.0, v.1)).collect();
+        rows.extend(other.iter().map(|(k, t)| (k.to_string(), *t, 1)));
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        eprintln!("infnet train profile: {:.1} ms per forward+loss+backward", total * 1e3);
+        for (k, t, c) in rows {
+            eprintln!("  {:9.1} ms {:5.1}%  {c:4}×  {k}", t * 1e3, 100.0 * t / total);
+        }
+        p.clear();
     }
 
     fn backward(&mut self, plan: &mut Plan) {
         let dims = (plan.n, plan.h, plan.w);
         let Plan { acts, grads, bn_mean, bn_invstd, scratch, .. } = plan;
         let (params, bufs) = (&mut self.params, &self.bufs);
+        let mut prof = self.profile.take();
         for node in self.nodes.iter().rev() {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
             let (outv, _) = node_io(node);
             let (yo, ys) = view_shape(bufs, dims, outv);
             let act = |v: View| {
@@ -363,7 +394,14 @@ impl TrainNet {
                     ops::reverse_attention_backward(ma, ms, xa, xs, dy, ys, dm, dms, dx, dxs);
                 }
             }
+            if let (Some(p), Some(t0)) = (prof.as_mut(), t0) {
+                let label = op_label(&self.convs, node);
+                let e = p.entry(format!("bwd {label}")).or_default();
+                e.0 += t0.elapsed().as_secs_f64();
+                e.1 += 1;
+            }
         }
+        self.profile = prof;
     }
 
     /// Every parameter's gradient under its public key.
@@ -381,6 +419,24 @@ impl TrainNet {
             out.push((format!("{}.running_var", b.prefix), Tensor { shape: vec![c], data: b.running_var.clone() }));
         }
         out
+    }
+}
+
+/// Profile bucket of a node: its op and, for convs, the kernel geometry.
+fn op_label(convs: &[Conv], node: &Node) -> String {
+    match node {
+        Node::Conv { conv, .. } => {
+            let g = &convs[*conv].geom;
+            format!("conv {}x{} s{} d{}", g.kh, g.kw, g.stride, g.dil)
+        }
+        Node::BatchNorm { relu, .. } => format!("batchnorm{}", if *relu { "+relu" } else { "" }),
+        Node::Add { .. } => "add".into(),
+        Node::Mul { .. } => "mul".into(),
+        Node::Copy { .. } => "copy".into(),
+        Node::MaxPool { .. } => "maxpool".into(),
+        Node::AvgPool { .. } => "avgpool".into(),
+        Node::Resize { .. } => "resize".into(),
+        Node::ReverseAttention { .. } => "reverse_attention".into(),
     }
 }
 
