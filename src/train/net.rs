@@ -58,13 +58,24 @@ enum Node {
     ReverseAttention { map: View, x: View, y: View },
 }
 
-/// Activations, their gradients and the BatchNorm batch statistics for one (N, H, W).
+/// Activations, their gradients and the BatchNorm batch statistics for one (N, H, W), allocated once
+/// and reused by every step at that size.
+///
+/// Every activation is kept (backward reads them), but a gradient is only live between the first
+/// backward node that adds into it and the backward of the node that produced it, so gradients share
+/// `grad_slots` whenever their live ranges (in node order) are disjoint.
 struct Plan {
     n: usize,
     h: usize,
     w: usize,
     acts: Vec<Vec<f32>>,
-    grads: Vec<Vec<f32>>,
+    grad_slots: Vec<Vec<f32>>,
+    /// Slot of each buffer's gradient (`NO_GRAD` for the input and untouched buffers).
+    grad_slot: Vec<usize>,
+    /// zero_at[k]: buffers whose gradient is first touched by node k's backward (k = nodes.len(): the
+    /// loss), zeroed just before.
+    zero_at: Vec<Vec<BufId>>,
+    sizes: Vec<usize>,
     bn_mean: Vec<Vec<f32>>,
     bn_invstd: Vec<Vec<f32>>,
     scratch: Vec<f32>,
@@ -128,6 +139,7 @@ impl TrainNet {
         }
         self.plan = None; // free the old buffers before allocating new ones
         let sizes: Vec<usize> = self.bufs.iter().map(|b| n * b.c * (h / b.div) * (w / b.div)).collect();
+        let (grad_slot, slot_sizes, zero_at) = self.plan_gradients(&sizes);
         let mut scratch = 0;
         for node in &self.nodes {
             if let Node::Conv { conv, x, .. } = node {
@@ -140,11 +152,55 @@ impl TrainNet {
             h,
             w,
             acts: sizes.iter().map(|&s| vec![0.0; s]).collect(),
-            grads: sizes.iter().map(|&s| vec![0.0; s]).collect(),
+            grad_slots: slot_sizes.iter().map(|&s| vec![0.0; s]).collect(),
+            grad_slot,
+            zero_at,
+            sizes,
             bn_mean: self.bns.iter().map(|b| vec![0.0; b.running_mean.len()]).collect(),
             bn_invstd: self.bns.iter().map(|b| vec![0.0; b.running_mean.len()]).collect(),
             scratch: vec![0.0; scratch],
         });
+    }
+
+    /// Live range [first, last] (node indices) of each buffer's gradient: every node that reads or writes
+    /// the buffer touches its gradient in backward; the outputs' gradients are also touched by the loss
+    /// (index nodes.len()). Buffers are packed greedily, largest first, into slots whose ranges are
+    /// disjoint. A node's input and output gradients are both live at that node, so they never share.
+    fn plan_gradients(&self, sizes: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<Vec<BufId>>) {
+        let nodes = self.nodes.len();
+        let mut range: Vec<Option<(usize, usize)>> = vec![None; self.bufs.len()];
+        let mut touch = |b: BufId, k: usize| {
+            let r = range[b].get_or_insert((k, k));
+            *r = (r.0.min(k), r.1.max(k));
+        };
+        for (k, node) in self.nodes.iter().enumerate() {
+            let (out, reads) = node_io(node);
+            touch(out.buf, k);
+            reads.iter().for_each(|v| touch(v.buf, k));
+        }
+        self.outputs.iter().for_each(|&b| touch(b, nodes));
+        let mut order: Vec<BufId> = (0..self.bufs.len()).filter(|&b| range[b].is_some()).collect();
+        order.sort_by_key(|&b| std::cmp::Reverse(sizes[b]));
+        let mut slot_of = vec![NO_GRAD; self.bufs.len()];
+        let mut slots: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
+        for b in order {
+            let Some((lo, hi)) = range[b] else { continue };
+            let free = slots.iter().position(|(_, used)| used.iter().all(|&(a, z)| hi < a || lo > z));
+            let s = free.unwrap_or_else(|| {
+                slots.push((0, Vec::new()));
+                slots.len() - 1
+            });
+            slots[s].0 = slots[s].0.max(sizes[b]);
+            slots[s].1.push((lo, hi));
+            slot_of[b] = s;
+        }
+        let mut zero_at = vec![Vec::new(); nodes + 1];
+        for (b, r) in range.iter().enumerate() {
+            if let Some((_, hi)) = r {
+                zero_at[*hi].push(b);
+            }
+        }
+        (slot_of, slots.iter().map(|s| s.0).collect(), zero_at)
     }
 
     /// Checks a batch: shapes consistent, H and W multiples of 32, finite values.
@@ -178,19 +234,17 @@ impl TrainNet {
         plan.acts[self.input].copy_from_slice(&batch.images.data);
         self.forward(&mut plan);
         let t_fwd = t_start.elapsed().as_secs_f64();
-        for g in plan.grads.iter_mut() {
-            g.fill(0.0);
+        zero_grads(&mut plan, self.nodes.len());
+        {
+            use rayon::prelude::*;
+            self.params.par_iter_mut().for_each(|p| p.grad.fill(0.0));
         }
-        for p in self.params.iter_mut() {
-            p.grad.fill(0.0);
-        }
-        let mut d: Vec<Vec<f32>> = self.outputs.iter().map(|&b| std::mem::take(&mut plan.grads[b])).collect();
+        let mut d: Vec<Vec<f32>> = self.outputs.iter().map(|&b| std::mem::take(&mut plan.grad_slots[plan.grad_slot[b]])).collect();
         let parts = {
             let a = |k: usize| &plan.acts[self.outputs[k]][..];
-            let (d0, rest) = d.split_at_mut(1);
-            let (d1, rest) = rest.split_at_mut(1);
-            let (d2, rest) = rest.split_at_mut(1);
-            let (d3, d4) = rest.split_at_mut(1);
+            let len = plan.acts[self.outputs[0]].len();
+            let d: Vec<&mut [f32]> = d.iter_mut().map(|g| &mut g[..len]).collect();
+            let [d0, d1, d2, d3, d4]: [&mut [f32]; 5] = d.try_into().expect("five outputs");
             infnet_loss(
                 [a(0), a(1), a(2), a(3)],
                 a(4),
@@ -199,12 +253,12 @@ impl TrainNet {
                 n,
                 h,
                 w,
-                [&mut d0[0], &mut d1[0], &mut d2[0], &mut d3[0]],
-                &mut d4[0],
+                [d0, d1, d2, d3],
+                d4,
             )
         };
         for (k, g) in d.into_iter().enumerate() {
-            plan.grads[self.outputs[k]] = g;
+            plan.grad_slots[plan.grad_slot[self.outputs[k]]] = g;
         }
         let t_loss = t_start.elapsed().as_secs_f64() - t_fwd;
         self.backward(&mut plan);
@@ -299,11 +353,12 @@ impl TrainNet {
 
     fn backward(&mut self, plan: &mut Plan) {
         let dims = (plan.n, plan.h, plan.w);
-        let Plan { acts, grads, bn_mean, bn_invstd, scratch, .. } = plan;
-        let (params, bufs) = (&mut self.params, &self.bufs);
         let mut prof = self.profile.take();
-        for node in self.nodes.iter().rev() {
+        for (k, node) in self.nodes.iter().enumerate().rev() {
             let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            zero_grads(plan, k);
+            let Plan { acts, grad_slots: grads, grad_slot, bn_mean, bn_invstd, scratch, .. } = &mut *plan;
+            let (params, bufs) = (&mut self.params, &self.bufs);
             let (outv, _) = node_io(node);
             let (yo, ys) = view_shape(bufs, dims, outv);
             let act = |v: View| {
@@ -313,11 +368,12 @@ impl TrainNet {
             let (y, _) = act(outv);
             // SAFETY: dy lives in the output's gradient buffer, which no gradient written below aliases
             // (every read buffer differs from the written one); the Vec is not resized.
-            let dy = unsafe { &*(&grads[outv.buf][yo..] as *const [f32]) };
+            let dy = unsafe { &*(&grads[grad_slot[outv.buf]][yo..] as *const [f32]) };
             let grad_of = |v: View, grads: &mut Vec<Vec<f32>>| -> (&mut [f32], Shape) {
                 let (o, s) = view_shape(bufs, dims, v);
-                // SAFETY: as above; each returned slice is used before the next one is taken.
-                (unsafe { &mut *(&mut grads[v.buf][o..] as *mut [f32]) }, s)
+                // SAFETY: as above (live gradients never share a slot); each returned slice is used
+                // before the next one is taken.
+                (unsafe { &mut *(&mut grads[grad_slot[v.buf]][o..] as *mut [f32]) }, s)
             };
             match *node {
                 Node::Conv { conv, x, .. } => {
@@ -419,6 +475,21 @@ impl TrainNet {
             out.push((format!("{}.running_var", b.prefix), Tensor { shape: vec![c], data: b.running_var.clone() }));
         }
         out
+    }
+}
+
+const NO_GRAD: usize = usize::MAX;
+
+/// Zeroes the gradients whose live range starts at node k's backward (k = nodes.len(): the loss).
+fn zero_grads(plan: &mut Plan, k: usize) {
+    use rayon::prelude::*;
+    for &b in &plan.zero_at[k] {
+        let g = &mut plan.grad_slots[plan.grad_slot[b]][..plan.sizes[b]];
+        if g.len() < 1 << 16 {
+            g.fill(0.0);
+        } else {
+            g.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
+        }
     }
 }
 
