@@ -829,3 +829,90 @@ pub fn resize_backward<T: Real>(dy: &[T], dys: Shape, dx: &mut [T], dxs: Shape, 
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    //! The ops split their work over rayon tasks only above `PAR_MIN` elements, which the PyTorch
+    //! fixtures (small odd sizes) never reach: here every op runs on maps large enough to split, inside
+    //! a wider concatenation buffer, on 1 and on 3 threads, and the results must agree bit for bit (each
+    //! task owns disjoint planes and keeps the serial summation order).
+    use super::*;
+
+    fn rand(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every op's outputs and gradients, concatenated.
+    fn run_all() -> Vec<f32> {
+        let (n, c, h, w) = (2, 12, 40, 44);
+        // x is channels 2..2+c of a (c+4)-channel buffer, so batch_stride differs from c·h·w.
+        let xs = Shape { n, c, h, w, batch_stride: (c + 4) * h * w };
+        let xoff = 2 * h * w;
+        let xbuf = rand(n * (c + 4) * h * w, 1);
+        let x = &xbuf[xoff..];
+        let dense = Shape::dense(n, c, h, w);
+        let mut out = Vec::new();
+
+        let g = ConvGeom { cin: c, cout: 10, kh: 3, kw: 3, stride: 1, pad_h: 1, pad_w: 1, dil: 1 };
+        let ys = Shape::dense(n, g.cout, h, w);
+        let (wt, b) = (rand(g.cout * c * 9, 2), rand(g.cout, 3));
+        let mut y = vec![0.0; ys.span()];
+        let mut scratch = vec![0.0; g.scratch_len(h, w)];
+        conv_forward(&g, x, xs, &wt, Some(&b), &mut y, ys, &mut scratch);
+        let dy = rand(ys.span(), 4);
+        let (mut dx, mut dw, mut db) = (vec![0.0; dense.span()], vec![0.0; wt.len()], vec![0.0; b.len()]);
+        conv_backward(&g, x, xs, &wt, &dy, ys, Some((&mut dx, dense)), &mut dw, Some(&mut db), &mut scratch);
+        out.extend(y.iter().chain(&dx).chain(&dw).chain(&db));
+
+        let (gamma, beta) = (rand(c, 5), rand(c, 6));
+        let (mut rm, mut rv, mut sm, mut si) = (vec![0.0; c], vec![1.0; c], vec![0.0; c], vec![0.0; c]);
+        let mut y = vec![0.0; dense.span()];
+        batchnorm_forward(x, xs, &gamma, &beta, &mut rm, &mut rv, true, &mut y, dense, &mut sm, &mut si);
+        let dy = rand(dense.span(), 7);
+        let (mut dx, mut dg, mut dbt) = (vec![0.0; dense.span()], vec![0.0; c], vec![0.0; c]);
+        batchnorm_backward(x, xs, &y, dense, &gamma, &sm, &si, true, &dy, dense, &mut dx, dense, &mut dg, &mut dbt);
+        out.extend(y.iter().chain(&rm).chain(&rv).chain(&dx).chain(&dg).chain(&dbt));
+
+        let other = rand(dense.span(), 8);
+        let mut y = vec![0.0; dense.span()];
+        add_forward(x, xs, &other, dense, true, &mut y, dense);
+        let mut da = vec![0.0; dense.span()];
+        add_backward(&y, dense, true, &dy, dense, &mut da, dense);
+        mul_backward(&other, dense, &dy, dense, &mut da, dense);
+        out.extend(y.iter().chain(&da));
+
+        let ps = Shape::dense(n, c, pool_out_size(h, 3, 2, 1, false), pool_out_size(w, 3, 2, 1, false));
+        let mut y = vec![0.0; ps.span()];
+        max_pool_forward(x, xs, &mut y, ps, 3, 2, 1);
+        let dyp = rand(ps.span(), 9);
+        let mut dx = vec![0.0; dense.span()];
+        max_pool_backward(x, xs, &dyp, ps, &mut dx, dense, 3, 2, 1);
+        avg_pool_backward(&dyp, ps, &mut dx, dense, 3, 2, 1, true);
+        out.extend(y.iter().chain(&dx));
+        avg_pool_forward(x, xs, &mut y, ps, 3, 2, 1, true);
+        out.extend(&y);
+
+        let rs = Shape::dense(n, c, 2 * h, 2 * w);
+        let mut y = vec![0.0; rs.span()];
+        resize_forward(x, xs, &mut y, rs, ResizeMode::AlignCorners);
+        let mut dx = vec![0.0; dense.span()];
+        resize_backward(&y, rs, &mut dx, dense, ResizeMode::AlignCorners);
+        out.extend(y.iter().chain(&dx));
+        out
+    }
+
+    #[test]
+    fn parallel_ops_match_serial_bit_for_bit() {
+        let on = |t: usize| rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool").install(run_all);
+        let (one, three) = (on(1), on(3));
+        assert_eq!(one.len(), three.len());
+        let differ = one.iter().zip(&three).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{differ} of {} values differ between 1 and 3 threads", one.len());
+    }
+}
