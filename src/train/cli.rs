@@ -368,6 +368,8 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
     }
     let st = crate::bench::Stats::of(&times);
     let rss = crate::bench::peak_rss_mib();
+    let (acts, grads, scratch) = net.planned_mib().unwrap_or_default();
+    let params_mib = (net.param_count() * std::mem::size_of::<f32>()) as f64 / (1 << 20) as f64;
     if a.json {
         let v = serde_json::json!({
             "engine": "infnet",
@@ -376,15 +378,17 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
             "step_s": times, "median_s": st.median,
             "images_per_s": n as f64 / st.median,
             "peak_rss_mib": rss, "losses": losses,
+            "planned_mib": {"activations": acts, "gradients": grads, "scratch": scratch, "parameters_x4": 4.0 * params_mib},
         });
         println!("{v}");
     } else {
         println!(
-            "infnet train step: batch {n} at {h}×{w}, {threads} threads: median {:.3} s ({:.2} images/s) over {} steps, peak RSS {} MiB, losses {:?}",
+            "infnet train step: batch {n} at {h}×{w}, {threads} threads: median {:.3} s ({:.2} images/s) over {} steps, peak RSS {} MiB (planned: activations {acts:.0}, gradients {grads:.0}, scratch {scratch:.0}; parameters, gradients and Adam moments {:.0}), losses {:?}",
             st.median,
             n as f64 / st.median,
             a.steps,
             rss.map_or("?".into(), |r| format!("{r:.0}")),
+            4.0 * params_mib,
             losses
         );
     }

@@ -138,6 +138,15 @@ impl TrainNet {
         })
     }
 
+    /// MiB planned for the current (N, H, W): (activations, gradient slots, conv scratch); the
+    /// gradients as one buffer per activation would take as much as the activations.
+    pub fn planned_mib(&self) -> Option<(f64, f64, f64)> {
+        let p = self.plan.as_ref()?;
+        let mib = |v: usize| (v * std::mem::size_of::<f32>()) as f64 / (1 << 20) as f64;
+        let sum = |v: &[Vec<f32>]| mib(v.iter().map(|b| b.len()).sum());
+        Some((sum(&p.acts), sum(&p.grad_slots), mib(p.scratch.len() + p.fast_scratch.len())))
+    }
+
     pub fn param_count(&self) -> usize {
         self.params.iter().map(|p| p.data.len()).sum()
     }
