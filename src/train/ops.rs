@@ -110,12 +110,19 @@ impl<T> SyncPtr<T> {
 }
 
 /// Below this many elements an op stays on the calling thread: spawning costs more than it saves.
-const PAR_MIN: usize = 1 << 15;
+const PAR_MIN_DEFAULT: usize = 1 << 15;
+
+/// `INFNET_TRAIN_PAR_MIN` overrides the threshold, so the split's effect can be measured on a given
+/// machine (a huge value keeps every element-wise op serial) without rebuilding.
+fn par_min() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("INFNET_TRAIN_PAR_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(PAR_MIN_DEFAULT))
+}
 
 /// Runs `f(i, c)` for every (image, channel) of an n×c map of hw pixels, in parallel when large enough.
 fn for_planes(n: usize, c: usize, hw: usize, f: impl Fn(usize, usize) + Sync + Send) {
     use rayon::prelude::*;
-    if n * c * hw < PAR_MIN || rayon::current_num_threads() < 2 {
+    if n * c * hw < par_min() || rayon::current_num_threads() < 2 {
         (0..n * c).for_each(|k| f(k / c, k % c));
     } else {
         (0..n * c).into_par_iter().for_each(|k| f(k / c, k % c));
@@ -125,7 +132,7 @@ fn for_planes(n: usize, c: usize, hw: usize, f: impl Fn(usize, usize) + Sync + S
 /// Runs `f(c)` for every channel, in parallel when the map is large enough.
 fn for_channels(c: usize, elems: usize, f: impl Fn(usize) + Sync + Send) {
     use rayon::prelude::*;
-    if elems < PAR_MIN || rayon::current_num_threads() < 2 {
+    if elems < par_min() || rayon::current_num_threads() < 2 {
         (0..c).for_each(f);
     } else {
         (0..c).into_par_iter().for_each(f);
@@ -832,7 +839,7 @@ pub fn resize_backward<T: Real>(dy: &[T], dys: Shape, dx: &mut [T], dxs: Shape, 
 
 #[cfg(test)]
 mod tests {
-    //! The ops split their work over rayon tasks only above `PAR_MIN` elements, which the PyTorch
+    //! The ops split their work over rayon tasks only above `PAR_MIN_DEFAULT` elements, which the PyTorch
     //! fixtures (small odd sizes) never reach: here every op runs on maps large enough to split, inside
     //! a wider concatenation buffer, on 1 and on 3 threads, and the results must agree bit for bit (each
     //! task owns disjoint planes and keeps the serial summation order).
