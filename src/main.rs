@@ -49,6 +49,8 @@ enum Cmd {
     Train(infnet::train::cli::TrainArgs),
     /// Semi-Inf-Net: pseudo-label unlabelled slices round by round, as the public PseudoGenerator, then train on the pool.
     SemiTrain(infnet::train::semi::SemiTrainArgs),
+    /// Time whole training steps (forward, loss, backward, clamp, Adam) on one batch.
+    BenchTrain(infnet::train::cli::BenchTrainArgs),
     /// Score prediction maps against ground-truth masks as the public Inf-Net MATLAB EvaluationTool does.
     Eval(infnet::eval::EvalArgs),
     /// Write synthetic chest CT slices with infection masks in the COVID-SemiSeg layout.
@@ -75,6 +77,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::TrainStep(a) => infnet::train::cli::train_step(&a),
         Cmd::Train(a) => infnet::train::cli::train(&a),
         Cmd::SemiTrain(a) => infnet::train::semi::run(&a),
+        Cmd::BenchTrain(a) => infnet::train::cli::bench_train(&a),
         Cmd::Eval(a) => infnet::eval::run(&a),
         Cmd::Phantom(a) => infnet::phantom::run(&a),
     }

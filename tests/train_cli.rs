@@ -155,3 +155,23 @@ print('ok', len(sd))
     eprintln!("PyTorch load_state_dict(strict=True): {}", so.trim());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench-train` times whole steps on a batch file; its first loss is the one-step fixture's loss.
+#[test]
+fn bench_train_reports_steps_and_memory() {
+    let (w, b) = (fixture_path("tiny.safetensors"), fixture_path("train_step.safetensors"));
+    let out = infnet(&["bench-train", "--steps", "2", "--warmup", "1", "--threads", "2", "--json", "--weights"], &[&w, Path::new("--batch"), &b]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["step_s"].as_array().unwrap().len(), 2);
+    assert!(v["images_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    let losses: Vec<f64> = v["losses"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 3);
+    let want = infnet::weights::read_safetensors(&b).unwrap()["loss"].data[0] as f64;
+    assert!((losses[0] - want).abs() <= 1e-5 * want, "first loss {} vs PyTorch {want}", losses[0]);
+
+    let bad = infnet(&["bench-train", "--steps", "0", "--weights"], &[&w, Path::new("--batch"), &b]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--steps must be at least 1"));
+}

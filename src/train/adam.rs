@@ -43,21 +43,33 @@ impl Adam {
         let step_size = (lr / bc1) as f32;
         let (b1, b2, bc2_sqrt, eps) = ((1.0 - BETA1) as f32, BETA2 as f32, bc2_sqrt as f32, EPS as f32);
         let c2 = (1.0 - BETA2) as f32;
+        // Element-wise and memory bound (four arrays of every parameter): chunks of one tensor go to
+        // different threads, so the large layer-4 weights do not leave one core doing most of the work.
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 14;
         for ((p, m), v) in params.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
-            for (((w, &g), m), v) in p.data.iter_mut().zip(&p.grad).zip(m.iter_mut()).zip(v.iter_mut()) {
-                *m += b1 * (g - *m);
-                *v = *v * b2 + c2 * g * g;
-                let denom = v.sqrt() / bc2_sqrt + eps;
-                *w -= step_size * (*m / denom);
-            }
+            p.data
+                .par_chunks_mut(CHUNK)
+                .zip(p.grad.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .for_each(|(((w, g), m), v)| {
+                    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                        *m += b1 * (g - *m);
+                        *v = *v * b2 + c2 * g * g;
+                        let denom = v.sqrt() / bc2_sqrt + eps;
+                        *w -= step_size * (*m / denom);
+                    }
+                });
         }
     }
 }
 
 /// The public `clip_gradient`: clamps every gradient element to [−clip, clip].
 pub fn clip_gradients(params: &mut [Param], clip: f32) {
+    use rayon::prelude::*;
     for p in params {
-        p.grad.iter_mut().for_each(|g| *g = g.clamp(-clip, clip));
+        p.grad.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|g| *g = g.clamp(-clip, clip)));
     }
 }
 

@@ -346,3 +346,93 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     log.line("done")?;
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+pub struct BenchTrainArgs {
+    /// Weights (safetensors state_dict with the public key names).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Batch: `images` N×3×H×W, `masks` and `edges` N×1×H×W, as for `train-step`.
+    #[arg(long)]
+    pub batch: PathBuf,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Untimed steps first: the first one plans the buffers, later ones are what training repeats.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// CPU threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Learning rate of the Adam steps.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Gradient clamp (public --clip).
+    #[arg(long, default_value_t = 0.5)]
+    pub clip: f32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Times whole training steps (training-mode forward, public loss, backward, clamp, Adam) on one batch,
+/// the unit `tools/bench_train_peers.py` compares with PyTorch.
+pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
+    if a.steps == 0 {
+        return Err(Error::invalid("--steps must be at least 1"));
+    }
+    let loaded = checkpoint::load(&a.weights)?;
+    let mut net = TrainNet::from_state_dict(&loaded.state, &loaded.num_batches_tracked)?;
+    let (images, masks, edges) = read_batch(&a.batch)?;
+    let batch = Batch { images: &images, masks: &masks, edges: &edges };
+    let (n, h, w) = TrainNet::check_batch(&batch)?;
+    let threads = if a.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { a.threads };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
+    let mut opt = super::adam::Adam::new(&net.params);
+    let mut times = Vec::with_capacity(a.steps);
+    let mut losses = Vec::with_capacity(a.warmup + a.steps);
+    for k in 0..a.warmup + a.steps {
+        let t = std::time::Instant::now();
+        let parts = pool.install(|| -> Result<_> {
+            let parts = net.forward_backward(&batch).map_err(|e| Error::file(&a.batch, e.to_string()))?;
+            super::adam::clip_gradients(&mut net.params, a.clip);
+            opt.update(&mut net.params, a.lr);
+            Ok(parts)
+        })?;
+        let dt = t.elapsed().as_secs_f64();
+        if k >= a.warmup {
+            times.push(dt);
+        }
+        losses.push(parts.total());
+    }
+    let st = crate::bench::Stats::of(&times);
+    let rss = crate::bench::peak_rss_mib();
+    let (acts, grads, scratch) = net.planned_mib().unwrap_or_default();
+    let params_mib = (net.param_count() * std::mem::size_of::<f32>()) as f64 / (1 << 20) as f64;
+    if a.json {
+        let v = serde_json::json!({
+            "engine": "infnet",
+            "batch": n, "height": h, "width": w, "threads": threads,
+            "warmup": a.warmup, "steps": a.steps,
+            "step_s": times, "median_s": st.median,
+            "images_per_s": n as f64 / st.median,
+            "peak_rss_mib": rss, "losses": losses,
+            "planned_mib": {"activations": acts, "gradients": grads, "scratch": scratch, "parameters_x4": 4.0 * params_mib},
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "infnet train step: batch {n} at {h}×{w}, {threads} threads: median {:.3} s ({:.2} images/s) over {} steps, peak RSS {} MiB (planned: activations {acts:.0}, gradients {grads:.0}, scratch {scratch:.0}; parameters, gradients and Adam moments {:.0}), losses {:?}",
+            st.median,
+            n as f64 / st.median,
+            a.steps,
+            rss.map_or("?".into(), |r| format!("{r:.0}")),
+            4.0 * params_mib,
+            losses
+        );
+    }
+    Ok(())
+}

@@ -58,16 +58,29 @@ enum Node {
     ReverseAttention { map: View, x: View, y: View },
 }
 
-/// Activations, their gradients and the BatchNorm batch statistics for one (N, H, W).
+/// Activations, their gradients and the BatchNorm batch statistics for one (N, H, W), allocated once
+/// and reused by every step at that size.
+///
+/// Every activation is kept (backward reads them), but a gradient is only live between the first
+/// backward node that adds into it and the backward of the node that produced it, so gradients share
+/// `grad_slots` whenever their live ranges (in node order) are disjoint.
 struct Plan {
     n: usize,
     h: usize,
     w: usize,
     acts: Vec<Vec<f32>>,
-    grads: Vec<Vec<f32>>,
+    grad_slots: Vec<Vec<f32>>,
+    /// Slot of each buffer's gradient (`NO_GRAD` for the input and untouched buffers).
+    grad_slot: Vec<usize>,
+    /// zero_at[k]: buffers whose gradient is first touched by node k's backward (k = nodes.len(): the
+    /// loss), zeroed just before.
+    zero_at: Vec<Vec<BufId>>,
+    sizes: Vec<usize>,
     bn_mean: Vec<Vec<f32>>,
     bn_invstd: Vec<Vec<f32>>,
     scratch: Vec<f32>,
+    /// Per-thread gather panels of `fast_conv_forward`, grown on the first step only.
+    fast_scratch: Vec<f32>,
 }
 
 pub struct TrainNet {
@@ -81,6 +94,14 @@ pub struct TrainNet {
     /// lateral_map_5, _4, _3, _2, lateral_edge.
     outputs: [BufId; 5],
     plan: Option<Plan>,
+    /// Opt-in (`INFNET_TRAIN_CONV=implicit`): forward spatial convs through the inference engine's
+    /// implicit GEMM (`cpu::implicit_gemm`) instead of im2col + `gemm`. Its 3×3 convs measured ~35% faster,
+    /// but its different summation order, amplified by Adam where gradients are ~0 in exact arithmetic,
+    /// puts the third step of `three_adam_steps_match_pytorch_on_tiny` at 2.9e-5 relative loss error
+    /// (tolerance 1e-5; im2col + `gemm` gives 2.2e-7), so it is not the default.
+    fast_conv: bool,
+    /// Opt-in per-op timing (`INFNET_TRAIN_PROFILE=1`), printed to stderr after each step.
+    profile: Option<BTreeMap<String, (f64, usize)>>,
 }
 
 /// Batch tensors for one step: images N×3×H×W, masks and edges N×1×H×W.
@@ -112,7 +133,18 @@ impl TrainNet {
             input: input.buf,
             outputs,
             plan: None,
+            fast_conv: std::env::var("INFNET_TRAIN_CONV").is_ok_and(|v| v == "implicit"),
+            profile: std::env::var("INFNET_TRAIN_PROFILE").ok().filter(|v| !v.is_empty() && v != "0").map(|_| BTreeMap::new()),
         })
+    }
+
+    /// MiB planned for the current (N, H, W): (activations, gradient slots, conv scratch); the
+    /// gradients as one buffer per activation would take as much as the activations.
+    pub fn planned_mib(&self) -> Option<(f64, f64, f64)> {
+        let p = self.plan.as_ref()?;
+        let mib = |v: usize| (v * std::mem::size_of::<f32>()) as f64 / (1 << 20) as f64;
+        let sum = |v: &[Vec<f32>]| mib(v.iter().map(|b| b.len()).sum());
+        Some((sum(&p.acts), sum(&p.grad_slots), mib(p.scratch.len() + p.fast_scratch.len())))
     }
 
     pub fn param_count(&self) -> usize {
@@ -125,6 +157,7 @@ impl TrainNet {
         }
         self.plan = None; // free the old buffers before allocating new ones
         let sizes: Vec<usize> = self.bufs.iter().map(|b| n * b.c * (h / b.div) * (w / b.div)).collect();
+        let (grad_slot, slot_sizes, zero_at) = self.plan_gradients(&sizes);
         let mut scratch = 0;
         for node in &self.nodes {
             if let Node::Conv { conv, x, .. } = node {
@@ -137,11 +170,56 @@ impl TrainNet {
             h,
             w,
             acts: sizes.iter().map(|&s| vec![0.0; s]).collect(),
-            grads: sizes.iter().map(|&s| vec![0.0; s]).collect(),
+            grad_slots: slot_sizes.iter().map(|&s| vec![0.0; s]).collect(),
+            grad_slot,
+            zero_at,
+            sizes,
             bn_mean: self.bns.iter().map(|b| vec![0.0; b.running_mean.len()]).collect(),
             bn_invstd: self.bns.iter().map(|b| vec![0.0; b.running_mean.len()]).collect(),
             scratch: vec![0.0; scratch],
+            fast_scratch: Vec::new(),
         });
+    }
+
+    /// Live range [first, last] (node indices) of each buffer's gradient: every node that reads or writes
+    /// the buffer touches its gradient in backward; the outputs' gradients are also touched by the loss
+    /// (index nodes.len()). Buffers are packed greedily, largest first, into slots whose ranges are
+    /// disjoint. A node's input and output gradients are both live at that node, so they never share.
+    fn plan_gradients(&self, sizes: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<Vec<BufId>>) {
+        let nodes = self.nodes.len();
+        let mut range: Vec<Option<(usize, usize)>> = vec![None; self.bufs.len()];
+        let mut touch = |b: BufId, k: usize| {
+            let r = range[b].get_or_insert((k, k));
+            *r = (r.0.min(k), r.1.max(k));
+        };
+        for (k, node) in self.nodes.iter().enumerate() {
+            let (out, reads) = node_io(node);
+            touch(out.buf, k);
+            reads.iter().for_each(|v| touch(v.buf, k));
+        }
+        self.outputs.iter().for_each(|&b| touch(b, nodes));
+        let mut order: Vec<BufId> = (0..self.bufs.len()).filter(|&b| range[b].is_some()).collect();
+        order.sort_by_key(|&b| std::cmp::Reverse(sizes[b]));
+        let mut slot_of = vec![NO_GRAD; self.bufs.len()];
+        let mut slots: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
+        for b in order {
+            let Some((lo, hi)) = range[b] else { continue };
+            let free = slots.iter().position(|(_, used)| used.iter().all(|&(a, z)| hi < a || lo > z));
+            let s = free.unwrap_or_else(|| {
+                slots.push((0, Vec::new()));
+                slots.len() - 1
+            });
+            slots[s].0 = slots[s].0.max(sizes[b]);
+            slots[s].1.push((lo, hi));
+            slot_of[b] = s;
+        }
+        let mut zero_at = vec![Vec::new(); nodes + 1];
+        for (b, r) in range.iter().enumerate() {
+            if let Some((_, hi)) = r {
+                zero_at[*hi].push(b);
+            }
+        }
+        (slot_of, slots.iter().map(|s| s.0).collect(), zero_at)
     }
 
     /// Checks a batch: shapes consistent, H and W multiples of 32, finite values.
@@ -171,21 +249,21 @@ impl TrainNet {
         }
         self.prepare(n, h, w);
         let mut plan = self.plan.take().expect("plan prepared");
+        let t_start = std::time::Instant::now();
         plan.acts[self.input].copy_from_slice(&batch.images.data);
         self.forward(&mut plan);
-        for g in plan.grads.iter_mut() {
-            g.fill(0.0);
+        let t_fwd = t_start.elapsed().as_secs_f64();
+        zero_grads(&mut plan, self.nodes.len());
+        {
+            use rayon::prelude::*;
+            self.params.par_iter_mut().for_each(|p| p.grad.fill(0.0));
         }
-        for p in self.params.iter_mut() {
-            p.grad.fill(0.0);
-        }
-        let mut d: Vec<Vec<f32>> = self.outputs.iter().map(|&b| std::mem::take(&mut plan.grads[b])).collect();
+        let mut d: Vec<Vec<f32>> = self.outputs.iter().map(|&b| std::mem::take(&mut plan.grad_slots[plan.grad_slot[b]])).collect();
         let parts = {
             let a = |k: usize| &plan.acts[self.outputs[k]][..];
-            let (d0, rest) = d.split_at_mut(1);
-            let (d1, rest) = rest.split_at_mut(1);
-            let (d2, rest) = rest.split_at_mut(1);
-            let (d3, d4) = rest.split_at_mut(1);
+            let len = plan.acts[self.outputs[0]].len();
+            let d: Vec<&mut [f32]> = d.iter_mut().map(|g| &mut g[..len]).collect();
+            let [d0, d1, d2, d3, d4]: [&mut [f32]; 5] = d.try_into().expect("five outputs");
             infnet_loss(
                 [a(0), a(1), a(2), a(3)],
                 a(4),
@@ -194,14 +272,16 @@ impl TrainNet {
                 n,
                 h,
                 w,
-                [&mut d0[0], &mut d1[0], &mut d2[0], &mut d3[0]],
-                &mut d4[0],
+                [d0, d1, d2, d3],
+                d4,
             )
         };
         for (k, g) in d.into_iter().enumerate() {
-            plan.grads[self.outputs[k]] = g;
+            plan.grad_slots[plan.grad_slot[self.outputs[k]]] = g;
         }
+        let t_loss = t_start.elapsed().as_secs_f64() - t_fwd;
         self.backward(&mut plan);
+        self.report_profile(t_start.elapsed().as_secs_f64(), &[("zero grads + loss", t_loss)]);
         self.plan = Some(plan);
         Ok(parts)
     }
@@ -218,7 +298,9 @@ impl TrainNet {
 
     fn forward(&mut self, plan: &mut Plan) {
         let dims = (plan.n, plan.h, plan.w);
+        let mut prof = self.profile.take();
         for node in &self.nodes {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
             let (outv, reads) = node_io(node);
             let (yo, ys) = view_shape(&self.bufs, dims, outv);
             let ins: Vec<(&[f32], Shape)> = reads
@@ -234,8 +316,15 @@ impl TrainNet {
             match *node {
                 Node::Conv { conv, .. } => {
                     let c = &self.convs[conv];
-                    let bias = c.bias.map(|b| &self.params[b].data[..]);
-                    ops::conv_forward(&c.geom, ins[0].0, ins[0].1, &self.params[c.weight].data, bias, y, ys, &mut plan.scratch);
+                    // Pointwise convs are already a plain GEMM on the input; there `gemm` measured faster
+                    // than packing the (large, 1×1) weights every step for the implicit GEMM.
+                    let pointwise = c.geom.kh == 1 && c.geom.kw == 1 && c.geom.stride == 1 && c.geom.pad_h == 0 && c.geom.pad_w == 0;
+                    if self.fast_conv && !pointwise {
+                        fast_conv_forward(c, &mut self.params, ins[0].0, ins[0].1, y, ys, &mut plan.fast_scratch);
+                    } else {
+                        let bias = c.bias.map(|b| &self.params[b].data[..]);
+                        ops::conv_forward(&c.geom, ins[0].0, ins[0].1, &self.params[c.weight].data, bias, y, ys, &mut plan.scratch);
+                    }
                 }
                 Node::BatchNorm { bn, relu, .. } => {
                     let b = &mut self.bns[bn];
@@ -265,14 +354,37 @@ impl TrainNet {
                 Node::Resize { mode, .. } => ops::resize_forward(ins[0].0, ins[0].1, y, ys, mode),
                 Node::ReverseAttention { .. } => ops::reverse_attention_forward(ins[0].0, ins[0].1, ins[1].0, ins[1].1, y, ys),
             }
+            if let (Some(p), Some(t0)) = (prof.as_mut(), t0) {
+                let e = p.entry(format!("fwd {}", op_label(&self.convs, node))).or_default();
+                e.0 += t0.elapsed().as_secs_f64();
+                e.1 += 1;
+            }
         }
+        self.profile = prof;
+    }
+
+
+    /// Prints and clears the accumulated profile.
+    fn report_profile(&mut self, total: f64, other: &[(&str, f64)]) {
+        let Some(p) = self.profile.as_mut() else { return };
+        let mut rows: Vec<(String, f64, usize)> = p.iter().map(|(k, v)| (k.clone(), v.0, v.1)).collect();
+        rows.extend(other.iter().map(|(k, t)| (k.to_string(), *t, 1)));
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        eprintln!("infnet train profile: {:.1} ms per forward+loss+backward", total * 1e3);
+        for (k, t, c) in rows {
+            eprintln!("  {:9.1} ms {:5.1}%  {c:4}×  {k}", t * 1e3, 100.0 * t / total);
+        }
+        p.clear();
     }
 
     fn backward(&mut self, plan: &mut Plan) {
         let dims = (plan.n, plan.h, plan.w);
-        let Plan { acts, grads, bn_mean, bn_invstd, scratch, .. } = plan;
-        let (params, bufs) = (&mut self.params, &self.bufs);
-        for node in self.nodes.iter().rev() {
+        let mut prof = self.profile.take();
+        for (k, node) in self.nodes.iter().enumerate().rev() {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            zero_grads(plan, k);
+            let Plan { acts, grad_slots: grads, grad_slot, bn_mean, bn_invstd, scratch, .. } = &mut *plan;
+            let (params, bufs) = (&mut self.params, &self.bufs);
             let (outv, _) = node_io(node);
             let (yo, ys) = view_shape(bufs, dims, outv);
             let act = |v: View| {
@@ -282,11 +394,12 @@ impl TrainNet {
             let (y, _) = act(outv);
             // SAFETY: dy lives in the output's gradient buffer, which no gradient written below aliases
             // (every read buffer differs from the written one); the Vec is not resized.
-            let dy = unsafe { &*(&grads[outv.buf][yo..] as *const [f32]) };
+            let dy = unsafe { &*(&grads[grad_slot[outv.buf]][yo..] as *const [f32]) };
             let grad_of = |v: View, grads: &mut Vec<Vec<f32>>| -> (&mut [f32], Shape) {
                 let (o, s) = view_shape(bufs, dims, v);
-                // SAFETY: as above; each returned slice is used before the next one is taken.
-                (unsafe { &mut *(&mut grads[v.buf][o..] as *mut [f32]) }, s)
+                // SAFETY: as above (live gradients never share a slot); each returned slice is used
+                // before the next one is taken.
+                (unsafe { &mut *(&mut grads[grad_slot[v.buf]][o..] as *mut [f32]) }, s)
             };
             match *node {
                 Node::Conv { conv, x, .. } => {
@@ -363,7 +476,14 @@ impl TrainNet {
                     ops::reverse_attention_backward(ma, ms, xa, xs, dy, ys, dm, dms, dx, dxs);
                 }
             }
+            if let (Some(p), Some(t0)) = (prof.as_mut(), t0) {
+                let label = op_label(&self.convs, node);
+                let e = p.entry(format!("bwd {label}")).or_default();
+                e.0 += t0.elapsed().as_secs_f64();
+                e.1 += 1;
+            }
         }
+        self.profile = prof;
     }
 
     /// Every parameter's gradient under its public key.
@@ -381,6 +501,81 @@ impl TrainNet {
             out.push((format!("{}.running_var", b.prefix), Tensor { shape: vec![c], data: b.running_var.clone() }));
         }
         out
+    }
+}
+
+const NO_GRAD: usize = usize::MAX;
+
+/// y = conv(x) + bias through `cpu::implicit_gemm`. The weights change every step, so they are packed
+/// per call; the weight vector is moved into the `ConvParam` and back, not copied.
+fn fast_conv_forward(c: &Conv, params: &mut [Param], x: &[f32], xs: Shape, y: &mut [f32], ys: Shape, scratch: &mut Vec<f32>) {
+    use crate::cpu::{conv::Epilogue, implicit_gemm, microkernel::Isa, tensor};
+    let g = &c.geom;
+    assert!(x.len() >= xs.span() && y.len() >= ys.span());
+    let p = crate::graph::ConvParam {
+        name: String::new(),
+        cout: g.cout,
+        cin: g.cin,
+        kh: g.kh,
+        kw: g.kw,
+        stride: g.stride,
+        pad_h: g.pad_h,
+        pad_w: g.pad_w,
+        dil: g.dil,
+        weight: std::mem::take(&mut params[c.weight].data),
+        bias: match c.bias {
+            Some(b) => std::mem::take(&mut params[b].data),
+            None => vec![0.0; g.cout],
+        },
+    };
+    let pk = implicit_gemm::PackedConv::new(&p, Isa::detect());
+    let need = pk.panel_len() * rayon::current_num_threads();
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    implicit_gemm::conv2d(
+        &p,
+        &pk,
+        tensor::In { ptr: x.as_ptr(), shape: xs },
+        None,
+        tensor::Out { ptr: y.as_mut_ptr(), shape: ys },
+        Epilogue::default(),
+        scratch,
+    );
+    params[c.weight].data = p.weight;
+    if let Some(b) = c.bias {
+        params[b].data = p.bias;
+    }
+}
+
+/// Zeroes the gradients whose live range starts at node k's backward (k = nodes.len(): the loss).
+fn zero_grads(plan: &mut Plan, k: usize) {
+    use rayon::prelude::*;
+    for &b in &plan.zero_at[k] {
+        let g = &mut plan.grad_slots[plan.grad_slot[b]][..plan.sizes[b]];
+        if g.len() < 1 << 16 {
+            g.fill(0.0);
+        } else {
+            g.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
+        }
+    }
+}
+
+/// Profile bucket of a node: its op and, for convs, the kernel geometry.
+fn op_label(convs: &[Conv], node: &Node) -> String {
+    match node {
+        Node::Conv { conv, .. } => {
+            let g = &convs[*conv].geom;
+            format!("conv {}x{} s{} d{}", g.kh, g.kw, g.stride, g.dil)
+        }
+        Node::BatchNorm { relu, .. } => format!("batchnorm{}", if *relu { "+relu" } else { "" }),
+        Node::Add { .. } => "add".into(),
+        Node::Mul { .. } => "mul".into(),
+        Node::Copy { .. } => "copy".into(),
+        Node::MaxPool { .. } => "maxpool".into(),
+        Node::AvgPool { .. } => "avgpool".into(),
+        Node::Resize { .. } => "resize".into(),
+        Node::ReverseAttention { .. } => "reverse_attention".into(),
     }
 }
 
