@@ -20,7 +20,6 @@
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from bench_peers import cpu_model, infnet_binary  # noqa: E402  (one copy of the machine and binary lookups)
 
 
 def torch_worker(a):
@@ -70,27 +70,6 @@ def torch_worker(a):
     print(json.dumps(dict(engine="pytorch", batch=images.shape[0], threads=torch.get_num_threads(), step_s=times,
                           median_s=med, images_per_s=images.shape[0] / med,
                           peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, losses=losses)))
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def infnet_binary(path):
-    if path:
-        return path
-    exe = os.path.join(ROOT, "target", "release", "infnet")
-    if not os.path.exists(exe):
-        print("building infnet (cargo build --release) ...", file=sys.stderr)
-        subprocess.run(["cargo", "build", "--release", "--bin", "infnet"], cwd=ROOT, check=True)
-    return exe
 
 
 def last_json(out):
