@@ -1,5 +1,6 @@
 // Bilinear resize (PyTorch upsample_bilinear2d, both align_corners modes) and the fused reverse
-// attention: resize of the coarser map, 1 − sigmoid, broadcast multiply over the feature channels.
+// attention: resize of the coarser map, 1 − sigmoid, broadcast multiply over the feature channels,
+// and (same launch) the resize of the edge guidance into its channel slice of the branch's concat.
 #include "common.h"
 
 struct ResizeParams {
@@ -20,14 +21,22 @@ struct AttentionParams {
     float* y;          // n × c × h × w, image stride y_bs: (1 − σ(resize(map))) · x
     float* crop;       // n × 1 × h × w, image stride crop_bs: resize(map) itself (the branch's
                        // residual), or null
+    const float* edge; // n × ec × eh × ew, image stride edge_bs: the edge guidance, or null
+    float* edge_y;     // n × ec × h × w, image stride edge_y_bs: resize(edge), the concat's edge slice
     int n, c, h, w;
     int mh, mw;
     float scale_h, scale_w;
     int align_corners;
     int resize;  // 0: map is already h × w, read directly
     int map_bs, x_bs, y_bs, crop_bs;
+    int ec, eh, ew;
+    float edge_scale_h, edge_scale_w;
+    int edge_align_corners;
+    int edge_bs, edge_y_bs;
+    int attention_blocks;  // blocks [0, attention_blocks) do the attention, the rest the edge resize
+    int pad_;
 };
-static_assert(sizeof(AttentionParams) == 4 * 8 + 14 * 4, "AttentionParams layout must match src/cuda/kernels.rs");
+static_assert(sizeof(AttentionParams) == 6 * 8 + 24 * 4, "AttentionParams layout must match src/cuda/kernels.rs");
 
 #define RESIZE_THREADS 256
 
@@ -45,12 +54,28 @@ extern "C" __global__ void __launch_bounds__(RESIZE_THREADS) resize_bilinear_f32
     p.y[(i64)img * p.y_bs + ((i64)ch * p.oh + oy) * p.ow + ox] = resize_sample(plane, p.w, th, tw);
 }
 
-// grid: ceil(n·h·w / 256), block: 256. One thread per pixel: the attention weight is computed once
-// and applied to every channel (consecutive threads = consecutive pixels, so each channel's reads
-// and writes stay coalesced).
+// grid: attention_blocks = ceil(n·h·w / 256), plus ceil(n·ec·h·w / 256) when edge is set;
+// block: 256. Attention blocks: one thread per pixel, the attention weight computed once and applied
+// to every channel (consecutive threads = consecutive pixels, so each channel's reads and writes stay
+// coalesced). Edge blocks: one thread per output element of the edge resize, as resize_bilinear_f32.
+// The two parts touch disjoint memory, so the blocks need no ordering.
 extern "C" __global__ void __launch_bounds__(RESIZE_THREADS) reverse_attention_f32(AttentionParams p) {
-    const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     const i64 hw = (i64)p.h * p.w;
+    if ((int)blockIdx.x >= p.attention_blocks) {
+        if (!p.edge) return;
+        const i64 i = (i64)(blockIdx.x - p.attention_blocks) * blockDim.x + threadIdx.x;
+        if (i >= (i64)p.n * p.ec * hw) return;
+        const int ox = (int)(i % p.w);
+        const int oy = (int)((i / p.w) % p.h);
+        const int ch = (int)((i / hw) % p.ec);
+        const int img = (int)(i / (hw * p.ec));
+        const ResizeTap th = resize_tap(oy, p.eh, p.edge_scale_h, p.edge_align_corners);
+        const ResizeTap tw = resize_tap(ox, p.ew, p.edge_scale_w, p.edge_align_corners);
+        const float* plane = p.edge + (i64)img * p.edge_bs + (i64)ch * p.eh * p.ew;
+        p.edge_y[(i64)img * p.edge_y_bs + ((i64)ch * p.h + oy) * p.w + ox] = resize_sample(plane, p.ew, th, tw);
+        return;
+    }
+    const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (i64)p.n * hw) return;
     const int img = (int)(i / hw);
     const i64 pr = i % hw;

@@ -314,7 +314,7 @@ fn check_attention(c: usize, h: usize, w: usize, map_hw: (usize, usize), mode: O
     let mut want = Buf::nan(n, c + 2, h, w);
     let mut want_crop = Buf::nan(n, 2, h, w);
     let fused_crop = mode.map(|_| crop.dev(1, 1));
-    run(kernels::reverse_attention(map.dev(1, 1), mode, x.dev(1, c), y.dev(2, c), fused_crop).expect("valid attention"));
+    run(kernels::reverse_attention(map.dev(1, 1), mode, x.dev(1, c), y.dev(2, c), fused_crop, None).expect("valid attention"));
     let m = match mode {
         Some(mode) => {
             ops::resize_bilinear(map.cpu_in(1, 1), want_crop.cpu_out(1, 1), mode);
@@ -335,6 +335,91 @@ fn reverse_attention_fused_with_resize() {
     check_attention(5, 9, 7, (9, 7), None, 1);
     check_attention(5, 3, 2, (13, 11), Some(ResizeMode::ScaleFactor(0.25)), 2); // crop_4 = resize(ra5, 1/4)
     check_attention(7, 10, 8, (5, 4), Some(ResizeMode::ScaleFactor(2.0)), 3); // crop_3, crop_2
+}
+
+/// The whole branch head in one launch: resize of the coarse map (also written as the crop),
+/// (1 − σ) × feature into `att`, and the edge guidance resized by `edge_scale` into channels
+/// [w, w + ec) of a concat buffer (whose other channels, and one extra after, stay NaN).
+#[allow(clippy::too_many_arguments)]
+fn check_attention_with_edge(c: usize, h: usize, w: usize, map_hw: (usize, usize), mode: ResizeMode, ec: usize, edge_scale: f64, seed: u64) {
+    let mut rng = Rng(seed);
+    let n = 3;
+    let (eh, ew) = ((h as f64 / edge_scale).round() as usize, (w as f64 / edge_scale).round() as usize);
+    let mut map = Buf::random(&mut rng, n, 2, map_hw.0, map_hw.1);
+    for v in &mut map.data {
+        *v *= 4.0;
+    }
+    let mut x = Buf::random(&mut rng, n, c + 1, h, w);
+    let mut edge = Buf::random(&mut rng, n, ec + 2, eh, ew);
+    let width = 4;
+    let (mut y, mut want) = (Buf::nan(n, c + 2, h, w), Buf::nan(n, c + 2, h, w));
+    let (mut crop, mut want_crop) = (Buf::nan(n, 2, h, w), Buf::nan(n, 2, h, w));
+    let (mut cat, mut want_cat) = (Buf::nan(n, width + ec + 1, h, w), Buf::nan(n, width + ec + 1, h, w));
+    let emode = ResizeMode::ScaleFactor(edge_scale);
+    let e = kernels::EdgeResize { x: edge.dev(1, ec), y: cat.dev(width, ec), mode: emode };
+    let launch = kernels::reverse_attention(map.dev(1, 1), Some(mode), x.dev(1, c), y.dev(2, c), Some(crop.dev(1, 1)), Some(e))
+        .expect("valid attention");
+    assert!(launch.grid[0] as usize > (n * h * w).div_ceil(256), "edge blocks missing from the grid");
+    run(launch);
+    ops::resize_bilinear(map.cpu_in(1, 1), want_crop.cpu_out(1, 1), mode);
+    ops::reverse_attention(want_crop.cpu_in(1, 1), x.cpu_in(1, c), want.cpu_out(2, c));
+    ops::resize_bilinear(edge.cpu_in(1, ec), want_cat.cpu_out(width, ec), emode);
+    let what = format!("reverse attention {map_hw:?} → {h}×{w} {mode:?}, edge {ec}×{eh}×{ew} × {edge_scale}");
+    compare(&what, &y.data, &want.data, 1e-6, 1e-6);
+    compare(&format!("{what} (crop)"), &crop.data, &want_crop.data, 1e-6, 1e-6);
+    compare(&format!("{what} (edge)"), &cat.data, &want_cat.data, 1e-6, 1e-6);
+
+    // Without the map resize (map already at h × w), the edge part still runs.
+    let (mut y2, mut cat2) = (Buf::nan(n, c + 2, h, w), Buf::nan(n, width + ec + 1, h, w));
+    let e = kernels::EdgeResize { x: edge.dev(1, ec), y: cat2.dev(width, ec), mode: emode };
+    run(kernels::reverse_attention(crop.dev(1, 1), None, x.dev(1, c), y2.dev(2, c), None, Some(e)).expect("valid attention"));
+    compare(&format!("{what} (unfused map)"), &y2.data, &want.data, 1e-6, 1e-6);
+    compare(&format!("{what} (unfused map, edge)"), &cat2.data, &want_cat.data, 1e-6, 1e-6);
+}
+
+#[test]
+fn reverse_attention_fused_with_resize_and_edge_concat() {
+    // The model's three branches: crop_4 = resize(ra5, 1/4), edge × 1/8; crop_3/crop_2 × 2, edge × 1/4, × 1/2.
+    check_attention_with_edge(5, 3, 2, (13, 11), ResizeMode::ScaleFactor(0.25), 3, 1.0 / 8.0, 41);
+    check_attention_with_edge(7, 9, 7, (5, 4), ResizeMode::ScaleFactor(2.0), 5, 1.0 / 4.0, 42);
+    check_attention_with_edge(6, 13, 11, (7, 6), ResizeMode::ScaleFactor(2.0), 3, 1.0 / 2.0, 43);
+    // More edge work than attention work (edge blocks outnumber attention blocks), odd sizes.
+    check_attention_with_edge(3, 19, 17, (10, 9), ResizeMode::ScaleFactor(2.0), 9, 1.0 / 2.0, 44);
+}
+
+/// The planner folds, in every reverse-attention branch, the crop resize and the edge-guidance
+/// resize into the attention launch: 6 launches fewer than nodes, 3 attention launches each with
+/// its crop and edge part, and only the non-branch resizes left as resize launches.
+#[test]
+fn plan_fuses_every_reverse_attention_branch() {
+    use infnet::cuda::plan::{launches, ArenaLayout, WeightPack};
+    use infnet::graph::Node;
+    for model in [tiny_model(), InfNet::from_state_dict(&state_dict(&Spec::full(), 3)).expect("full model")] {
+        let g = &model.graph;
+        let layout = ArenaLayout::new(g, 2, 64, 64);
+        let pack = WeightPack::new(g);
+        let ls = launches(g, &layout, 1 << 20, &pack, 1 << 40).expect("plan");
+        let count = |f: &dyn Fn(&Node) -> bool| g.nodes.iter().filter(|n| f(n)).count();
+        let resizes = count(&|n| matches!(n, Node::Resize { .. }));
+        assert_eq!(count(&|n| matches!(n, Node::ReverseAttention { .. })), 3);
+        assert_eq!(ls.len(), g.nodes.len() - 6, "3 crop resizes + 3 edge resizes folded");
+        let att: Vec<_> = ls
+            .iter()
+            .filter_map(|l| match l.params {
+                kernels::Params::Attention(p) => Some((l, p)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(att.len(), 3);
+        for (l, p) in att {
+            assert_eq!(l.kernel, kernels::Kernel::ReverseAttention);
+            assert!(p.crop != 0 && p.resize == 1, "crop resize not fused");
+            assert!(p.edge != 0 && p.edge_y != 0 && p.ec > 0, "edge resize not fused");
+            let edge_blocks = (p.n as usize * p.ec as usize * (p.h * p.w) as usize).div_ceil(256);
+            assert_eq!(l.grid[0] as usize, p.attention_blocks as usize + edge_blocks);
+        }
+        assert_eq!(ls.iter().filter(|l| l.kernel == kernels::Kernel::ResizeBilinear).count(), resizes - 6);
+    }
 }
 
 fn tiny_model() -> InfNet {

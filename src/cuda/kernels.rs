@@ -191,6 +191,10 @@ pub struct AttentionParams {
     pub y: u64,
     /// n × 1 × h × w, image stride crop_bs: the resized map itself; or 0
     pub crop: u64,
+    /// n × ec × eh × ew, image stride edge_bs: the edge guidance; or 0
+    pub edge: u64,
+    /// n × ec × h × w, image stride edge_y_bs: the resized edge guidance (a concat slice); or 0
+    pub edge_y: u64,
     pub n: i32,
     pub c: i32,
     pub h: i32,
@@ -206,6 +210,17 @@ pub struct AttentionParams {
     pub x_bs: i32,
     pub y_bs: i32,
     pub crop_bs: i32,
+    pub ec: i32,
+    pub eh: i32,
+    pub ew: i32,
+    pub edge_scale_h: f32,
+    pub edge_scale_w: f32,
+    pub edge_align_corners: i32,
+    pub edge_bs: i32,
+    pub edge_y_bs: i32,
+    /// Blocks [0, attention_blocks) of the grid do the attention, the rest the edge resize.
+    pub attention_blocks: i32,
+    pub pad_: i32,
 }
 
 /// The C-side `sizeof` each struct must have (the static_asserts in kernels/*.cu).
@@ -213,7 +228,7 @@ pub const PARAM_SIZES: [(&str, usize, usize); 4] = [
     ("ConvParams", std::mem::size_of::<ConvParams>(), 7 * 8 + 20 * 4),
     ("PoolParams", std::mem::size_of::<PoolParams>(), 2 * 8 + 12 * 4),
     ("ResizeParams", std::mem::size_of::<ResizeParams>(), 2 * 8 + 12 * 4),
-    ("AttentionParams", std::mem::size_of::<AttentionParams>(), 4 * 8 + 14 * 4),
+    ("AttentionParams", std::mem::size_of::<AttentionParams>(), 6 * 8 + 24 * 4),
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -415,25 +430,64 @@ pub fn resize(x: Slice, y: Slice, mode: ResizeMode) -> Result<Launch> {
     })
 }
 
+/// The edge-guidance resize folded into a reverse-attention launch: `y` = resize(`x`) with `mode`, at
+/// the attention's spatial size (in the model, the edge channels of the branch's concat buffer).
+#[derive(Clone, Copy, Debug)]
+pub struct EdgeResize {
+    pub x: Slice,
+    pub y: Slice,
+    pub mode: ResizeMode,
+}
+
 /// y = (1 − σ(m)) · x where m = resize(map) to x's size (`resize` = Some(mode)) or map itself (None,
-/// same size as x). `crop`, when given, receives m.
-pub fn reverse_attention(map: Slice, resize: Option<ResizeMode>, x: Slice, y: Slice, crop: Option<Slice>) -> Result<Launch> {
+/// same size as x). `crop`, when given, receives m. `edge`, when given, is resized in the same launch
+/// (extra blocks after the attention's).
+pub fn reverse_attention(
+    map: Slice,
+    resize: Option<ResizeMode>,
+    x: Slice,
+    y: Slice,
+    crop: Option<Slice>,
+    edge: Option<EdgeResize>,
+) -> Result<Launch> {
     let (ms, xs, ys) = (map.shape, x.shape, y.shape);
     let same = |a: Shape, b: Shape| (a.n, a.c, a.h, a.w) == (b.n, b.c, b.h, b.w);
     let crop_ok = crop.is_none_or(|c| (c.shape.n, c.shape.c, c.shape.h, c.shape.w) == (xs.n, 1, xs.h, xs.w));
     let map_ok = ms.n == xs.n && ms.c == 1 && ms.h > 0 && ms.w > 0 && (resize.is_some() || (ms.h, ms.w) == (xs.h, xs.w));
-    if !same(xs, ys) || !crop_ok || !map_ok {
-        return Err(Error::invalid(format!("reverse attention: map {ms:?} / x {xs:?} / y {ys:?} do not fit")));
+    let edge_ok = edge.is_none_or(|e| {
+        let (es, eys) = (e.x.shape, e.y.shape);
+        es.n == xs.n && es.c == eys.c && es.c > 0 && es.h > 0 && es.w > 0 && (eys.n, eys.h, eys.w) == (xs.n, xs.h, xs.w)
+    });
+    if !same(xs, ys) || !crop_ok || !map_ok || !edge_ok {
+        return Err(Error::invalid(format!(
+            "reverse attention: map {ms:?} / x {xs:?} / y {ys:?} / edge {:?} do not fit",
+            edge.map(|e| (e.x.shape, e.y.shape))
+        )));
     }
     let (scale_h, scale_w, align_corners) = match resize {
         Some(mode) => resize_scales(ms, xs.h, xs.w, mode),
         None => (1.0, 1.0, 0),
     };
+    let (edge_scale_h, edge_scale_w, edge_align_corners) = match edge {
+        Some(e) => resize_scales(e.x.shape, xs.h, xs.w, e.mode),
+        None => (1.0, 1.0, 0),
+    };
+    let attention_blocks = blocks(xs.n * xs.hw(), ELEMENTWISE_THREADS as usize)?;
+    let edge_blocks = match edge {
+        Some(e) => {
+            int(e.y.shape.n * e.y.shape.c * e.y.shape.hw(), "edge output elements")?;
+            blocks(e.y.shape.n * e.y.shape.c * e.y.shape.hw(), ELEMENTWISE_THREADS as usize)?
+        }
+        None => 0,
+    };
+    let es = edge.map(|e| e.x.shape);
     let params = AttentionParams {
         map: map.addr,
         x: x.addr,
         y: y.addr,
         crop: addr_or_zero(crop),
+        edge: edge.map_or(0, |e| e.x.addr),
+        edge_y: edge.map_or(0, |e| e.y.addr),
         n: int(xs.n, "batch")?,
         c: int(xs.c, "channels")?,
         h: int(xs.h, "height")?,
@@ -448,12 +502,20 @@ pub fn reverse_attention(map: Slice, resize: Option<ResizeMode>, x: Slice, y: Sl
         x_bs: int(xs.batch_stride, "image stride")?,
         y_bs: int(ys.batch_stride, "image stride")?,
         crop_bs: int(crop.map_or(0, |c| c.shape.batch_stride), "image stride")?,
+        ec: int(es.map_or(0, |s| s.c), "edge channels")?,
+        eh: int(es.map_or(0, |s| s.h), "edge height")?,
+        ew: int(es.map_or(0, |s| s.w), "edge width")?,
+        edge_scale_h,
+        edge_scale_w,
+        edge_align_corners,
+        edge_bs: int(es.map_or(0, |s| s.batch_stride), "image stride")?,
+        edge_y_bs: int(edge.map_or(0, |e| e.y.shape.batch_stride), "image stride")?,
+        attention_blocks: int(attention_blocks as usize, "attention blocks")?,
+        pad_: 0,
     };
     int(ys.n * ys.batch_stride, "output span")?;
-    Ok(Launch {
-        kernel: Kernel::ReverseAttention,
-        grid: [blocks(xs.n * xs.hw(), ELEMENTWISE_THREADS as usize)?, 1, 1],
-        block: [ELEMENTWISE_THREADS, 1, 1],
-        params: Params::Attention(params),
-    })
+    let grid = attention_blocks
+        .checked_add(edge_blocks)
+        .ok_or_else(|| Error::invalid("reverse attention: grid too large".to_string()))?;
+    Ok(Launch { kernel: Kernel::ReverseAttention, grid: [grid, 1, 1], block: [ELEMENTWISE_THREADS, 1, 1], params: Params::Attention(params) })
 }

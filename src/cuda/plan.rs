@@ -6,7 +6,7 @@
 use super::kernels::{self, Launch, Slice};
 use crate::cpu::tensor::Shape;
 use crate::error::Result;
-use crate::graph::{Graph, Node, View};
+use crate::graph::{Graph, Node, ResizeMode, View};
 
 /// Every allocation starts on a 256-byte boundary (coalescing; also what cudaMalloc guarantees).
 const ALIGN_FLOATS: usize = 64;
@@ -78,17 +78,63 @@ impl ArenaLayout {
     }
 }
 
+/// Whether two views share memory (same buffer, intersecting channel ranges).
+fn overlap(a: View, b: View) -> bool {
+    a.buf == b.buf && a.c_off < b.c_off + b.c && b.c_off < a.c_off + a.c
+}
+
+/// The views a node reads.
+fn reads(n: &Node) -> Vec<View> {
+    match *n {
+        Node::Conv { x, x_add, residual, mul, .. } => [Some(x), x_add, residual, mul].into_iter().flatten().collect(),
+        Node::MaxPool { x, .. } | Node::AvgPool { x, .. } | Node::Resize { x, .. } => vec![x],
+        Node::ReverseAttention { map, x, .. } => vec![map, x],
+    }
+}
+
+/// The edge-guidance Resize of a reverse-attention branch that can run inside the attention launch
+/// of node `ra` (writing `att`, and `crop` when the map resize is fused too): node `ra + 1` is the
+/// branch's first conv, reading `att` into a channel slice of the concat buffer, and node `ra + 2`
+/// resizes the edge guidance into another slice of that same buffer. Moving that resize before the
+/// conv is safe when neither reads what the other writes and it neither reads nor writes what the
+/// attention launch touches.
+fn edge_resize_after(g: &Graph, ra: usize, att: View, crop: Option<View>) -> Option<(usize, View, View, ResizeMode)> {
+    let conv = g.nodes.get(ra + 1)?;
+    let Node::Conv { x: cx, y: cy, .. } = *conv else { return None };
+    let idx = ra + 2;
+    let Node::Resize { x: ex, y: ey, mode } = *g.nodes.get(idx)? else { return None };
+    let Node::ReverseAttention { map, x: feat, .. } = g.nodes[ra] else { return None };
+    let ok = cx == att
+        && ey.buf == cy.buf
+        && !overlap(ey, cy)
+        && !overlap(ex, cy)
+        && reads(conv).iter().all(|&r| !overlap(r, ey))
+        && [att, map, feat].into_iter().chain(crop).all(|v| !overlap(v, ey))
+        && [att].into_iter().chain(crop).all(|v| !overlap(v, ex))
+        && g.bufs[ey.buf].div == g.bufs[att.buf].div;
+    ok.then_some((idx, ex, ey, mode))
+}
+
 /// The launches of one forward. `arena` and `weights` are the base addresses (bytes) of the arena
 /// laid out as `layout` and of `pack.data`.
 ///
-/// Fusion: a Resize whose whole output is the map of the immediately following ReverseAttention
-/// becomes one reverse-attention launch that also writes the resized map (still needed as the
-/// branch's residual).
+/// Fusion, per reverse-attention branch: a Resize whose whole output is the map of the immediately
+/// following ReverseAttention becomes one reverse-attention launch that also writes the resized map
+/// (still needed as the branch's residual); and the Resize of the edge guidance into the concat
+/// buffer that the branch's first conv writes (`edge_resize_after`) joins that launch as extra blocks.
 pub fn launches(g: &Graph, layout: &ArenaLayout, arena: u64, pack: &WeightPack, weights: u64) -> Result<Vec<Launch>> {
     let s = |v: View| layout.slice(g, arena, v);
+    let edge_of = |ra: usize, att: View, crop: Option<View>| {
+        edge_resize_after(g, ra, att, crop).map(|(idx, x, y, mode)| (idx, kernels::EdgeResize { x: s(x), y: s(y), mode }))
+    };
+    let mut folded = vec![false; g.nodes.len()];
     let mut out = Vec::with_capacity(g.nodes.len());
     let mut i = 0;
     while i < g.nodes.len() {
+        if folded[i] {
+            i += 1;
+            continue;
+        }
         let launch = match g.nodes[i] {
             Node::Conv { conv, x, x_add, y, residual, relu, mul } => {
                 let (w_off, b_off) = pack.offsets[conv];
@@ -113,12 +159,22 @@ pub fn launches(g: &Graph, layout: &ArenaLayout, arena: u64, pack: &WeightPack, 
                 match g.nodes.get(i + 1) {
                     Some(&Node::ReverseAttention { map, x: feat, y: att }) if whole && map == y && x.c == 1 => {
                         i += 1;
-                        kernels::reverse_attention(s(x), Some(mode), s(feat), s(att), Some(s(y)))?
+                        let edge = edge_of(i, att, Some(y));
+                        if let Some((idx, _)) = edge {
+                            folded[idx] = true;
+                        }
+                        kernels::reverse_attention(s(x), Some(mode), s(feat), s(att), Some(s(y)), edge.map(|e| e.1))?
                     }
                     _ => kernels::resize(s(x), s(y), mode)?,
                 }
             }
-            Node::ReverseAttention { map, x, y } => kernels::reverse_attention(s(map), None, s(x), s(y), None)?,
+            Node::ReverseAttention { map, x, y } => {
+                let edge = edge_of(i, y, None);
+                if let Some((idx, _)) = edge {
+                    folded[idx] = true;
+                }
+                kernels::reverse_attention(s(map), None, s(x), s(y), None, edge.map(|e| e.1))?
+            }
         };
         out.push(launch);
         i += 1;
