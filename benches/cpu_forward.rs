@@ -14,14 +14,13 @@ use infnet::cpu::CpuEngine;
 use infnet::graph::ConvParam;
 use infnet::model::synthetic::{state_dict, Spec};
 use infnet::{Engine, InfNet, Tensor};
-use std::sync::Arc;
 use std::time::Duration;
 
 const THREADS: usize = 2;
 
 fn forward(c: &mut Criterion) {
     let model = InfNet::from_state_dict(&state_dict(&Spec::full(), 1)).expect("synthetic model");
-    let mut eng = CpuEngine::new(Arc::new(model.graph.clone()), THREADS).expect("engine");
+    let mut eng = CpuEngine::new(model.graph.clone(), THREADS).expect("engine");
     let s = 352;
     let x = Tensor { shape: vec![1, 3, s, s], data: (0..3 * s * s).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect() };
     let mut g = c.benchmark_group("forward");
