@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU check, for a machine with an NVIDIA GPU, the driver, CUDA 13 tools and PyTorch but no
 # Rust toolchain. Build and stage here first (from the project root):
+#     export LD_LIBRARY_PATH=<dir of libnvrtc.so.13> INFNET_REQUIRE_KERNELS=1   # so the kernels are embedded
 #     ../shared/gpu/stage.sh --test cuda_kernels      # → .gpu/tests/cuda_kernels-*, .gpu/bin/infnet
 # then on the GPU machine, from the project root (the device tool carries .gpu):
 #     OUT=/some/dir tools/gpu_check.sh
