@@ -4,6 +4,9 @@
 // grid). The im2col matrix is never materialised: each K×pixel tile is gathered from the input planes
 // into shared memory. Epilogue fused: + bias, + residual, ReLU, × mul; the output may be a channel
 // slice of a concat buffer (image stride y_bs ≠ cout·oh·ow). `x_add` is summed into the input on load.
+// The `_resized` kernels read the input through a bilinear align_corners resize instead: x[c, y, x]
+// (h × w) is sampled from `src` (src_h × src_w) with the resize kernel's taps and arithmetic, so the
+// upsampled map (the partial decoder's up(·), read only by 3×3 convs) is never materialised.
 #include "common.h"
 
 struct ConvParams {
@@ -14,14 +17,16 @@ struct ConvParams {
     const float* residual;  // n × cout × oh × ow, image stride r_bs; or null
     const float* mul;       // n × cout × oh × ow, image stride m_bs; or null
     float* y;               // n × cout × oh × ow, image stride y_bs
+    const float* src;       // resized kernels: n × cin × src_h × src_w, image stride src_bs; x unused
     int n, cin, h, w;
     int cout, oh, ow;
     int kh, kw, stride, pad_h, pad_w, dil;
     int relu;
     int x_bs, xa_bs, r_bs, m_bs, y_bs;
-    int pad_;
+    int src_h, src_w, src_bs;
+    float src_scale_h, src_scale_w;  // align_corners src/dst ratios, `resize_scale` in src/cpu/ops.rs
 };
-static_assert(sizeof(ConvParams) == 7 * 8 + 20 * 4, "ConvParams layout must match src/cuda/kernels.rs");
+static_assert(sizeof(ConvParams) == 8 * 8 + 24 * 4, "ConvParams layout must match src/cuda/kernels.rs");
 
 // 256 threads as 16 × 16, each owning a TM × TN micro-tile at stride 16 in both directions
 // (conflict-free shared reads, coalesced stores); block tile BM = 16·TM output channels × BN = 16·TN
@@ -32,7 +37,7 @@ static_assert(sizeof(ConvParams) == 7 * 8 + 20 * 4, "ConvParams layout must matc
 #define CONV_BK 16
 #define CONV_THREADS 256
 
-template <int TM, int TN, bool POINTWISE>
+template <int TM, int TN, bool POINTWISE, bool RESIZED = false>
 __device__ __forceinline__ void conv2d_body(const ConvParams& p) {
     constexpr int BM = 16 * TM, BN = 16 * TN;
     // Loader roles: thread loads column tid % BM of the weight tile (rows tid / BM + A_STEP·j) and
@@ -64,6 +69,8 @@ __device__ __forceinline__ void conv2d_body(const ConvParams& p) {
     const int ix0 = (bpr % p.ow) * p.stride - p.pad_w;
     const float* __restrict__ xb = p.x + (i64)bimg * p.x_bs;
     const float* __restrict__ xab = p.x_add ? p.x_add + (i64)bimg * p.xa_bs : nullptr;
+    const float* __restrict__ sb = RESIZED ? p.src + (i64)bimg * p.src_bs : nullptr;
+    const int shw = p.src_h * p.src_w;
 
     float ra[A_LOADS], rb[B_LOADS];
     auto load = [&](int k0) {
@@ -92,7 +99,18 @@ __device__ __forceinline__ void conv2d_body(const ConvParams& p) {
                     inside = iy >= 0 && iy < p.h && ix >= 0 && ix < p.w;
                     at = (i64)ci * hw + (i64)iy * p.w + ix;
                 }
-                if (inside) {
+                if (RESIZED) {
+                    if (inside) {
+                        const int ci = k / khw;
+                        const int r = k - ci * khw;
+                        const int ky = r / p.kw;
+                        const int iy = iy0 + ky * p.dil;
+                        const int ix = ix0 + (r - ky * p.kw) * p.dil;
+                        const ResizeTap th = resize_tap(iy, p.src_h, p.src_scale_h, 1);
+                        const ResizeTap tw = resize_tap(ix, p.src_w, p.src_scale_w, 1);
+                        v = resize_sample(sb + (i64)ci * shw, p.src_w, th, tw);
+                    }
+                } else if (inside) {
                     v = xb[at];
                     if (xab) v += xab[at];
                 }
@@ -171,4 +189,14 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_m32_f32(ConvPa
 
 extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_pointwise_m32_f32(ConvParams p) {
     conv2d_body<2, 8, true>(p);
+}
+
+// Input read through an align_corners resize of `src` (x, x_add unused); any geometry. Grids as
+// conv2d_f32 / conv2d_m32_f32.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_resized_f32(ConvParams p) {
+    conv2d_body<4, 4, false, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_resized_m32_f32(ConvParams p) {
+    conv2d_body<2, 8, false, true>(p);
 }

@@ -234,6 +234,68 @@ fn conv_long_reduction() {
     check_conv(&p, 12, 13, ConvCase { residual: true, relu: true, ..Default::default() }, 400);
 }
 
+/// A conv reading its input through an align_corners resize of a smaller source (the partial
+/// decoder's up(·) → conv_upsample*), against ops::resize_bilinear + the reference conv. Source,
+/// mul and output are channel slices of larger buffers, batch 3, output NaN-poisoned.
+fn check_conv_resized(p: &ConvParam, sh: usize, sw: usize, h: usize, w: usize, case: ConvCase, seed: u64) {
+    let mut rng = Rng(seed);
+    let n = 3;
+    let (oh, ow) = p.out_size(h, w);
+    let mut src = Buf::random(&mut rng, n, p.cin + 3, sh, sw);
+    let mut res = Buf::random(&mut rng, n, p.cout + 2, oh, ow);
+    let mut mul = Buf::random(&mut rng, n, p.cout + 1, oh, ow);
+    let mut up = Buf::nan(n, p.cin, h, w);
+    let mut y = Buf::nan(n, p.cout + 3, oh, ow);
+    let mut want = Buf::nan(n, p.cout + 3, oh, ow);
+
+    let wt = kernels::conv_weight_layout(p);
+    let launch = kernels::conv_resized(
+        p,
+        wt.as_ptr() as u64,
+        p.bias.as_ptr() as u64,
+        src.dev(2, p.cin),
+        h,
+        w,
+        y.dev(1, p.cout),
+        case.residual.then(|| res.dev(2, p.cout)),
+        case.relu,
+        case.mul.then(|| mul.dev(1, p.cout)),
+    )
+    .expect("valid resized conv");
+    assert_eq!(launch.kernel, kernels::conv_resized_kernel(p).0);
+    run(launch);
+
+    ops::resize_bilinear(src.cpu_in(2, p.cin), up.cpu_out(0, p.cin), ResizeMode::AlignCorners);
+    let ep = Epilogue {
+        residual: case.residual.then(|| res.cpu_in(2, p.cout)),
+        relu: case.relu,
+        scale: None,
+        mul: case.mul.then(|| mul.cpu_in(1, p.cout)),
+    };
+    conv2d_reference(p, up.cpu_in(0, p.cin), None, want.cpu_out(1, p.cout), ep);
+    compare(&format!("{} on {sh}×{sw} → {h}×{w}", p.name), &y.data, &want.data, 1e-5, 1e-4);
+}
+
+#[test]
+fn conv_reading_through_align_corners_resize() {
+    let mut rng = Rng(0xdec);
+    let p3 = conv_param(&mut rng, 7, 9, 3, 3, 1, 1, 1, 1); // narrow tile
+    let p3w = conv_param(&mut rng, 6, 45, 3, 3, 1, 1, 1, 1); // wide tile
+    let p5 = conv_param(&mut rng, 5, 7, 3, 3, 2, 2, 2, 2); // stride, dilation
+    let p1 = conv_param(&mut rng, 10, 11, 1, 1, 1, 0, 0, 1); // 1×1 takes the general resized kernel
+    let all = ConvCase { residual: true, relu: true, mul: true, ..Default::default() };
+    let sizes = [(6, 5, 12, 10), (7, 4, 14, 8), (1, 3, 2, 6), (5, 6, 11, 13)];
+    for (i, &(sh, sw, h, w)) in sizes.iter().enumerate() {
+        for (j, case) in [ConvCase::default(), ConvCase { mul: true, ..Default::default() }, all].into_iter().enumerate() {
+            let seed = 500 + 10 * i as u64 + j as u64;
+            check_conv_resized(&p3, sh, sw, h, w, case, seed);
+            check_conv_resized(&p3w, sh, sw, h, w, case, seed + 1000);
+            check_conv_resized(&p5, sh, sw, h, w, case, seed + 2000);
+            check_conv_resized(&p1, sh, sw, h, w, case, seed + 3000);
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_pool(kind: Pool, c: usize, h: usize, w: usize, k: usize, s: usize, p: usize, ceil: bool, seed: u64) {
     let mut rng = Rng(seed);
@@ -402,7 +464,7 @@ fn plan_fuses_every_reverse_attention_branch() {
         let count = |f: &dyn Fn(&Node) -> bool| g.nodes.iter().filter(|n| f(n)).count();
         let resizes = count(&|n| matches!(n, Node::Resize { .. }));
         assert_eq!(count(&|n| matches!(n, Node::ReverseAttention { .. })), 3);
-        assert_eq!(ls.len(), g.nodes.len() - 6, "3 crop resizes + 3 edge resizes folded");
+        assert_eq!(ls.len(), g.nodes.len() - 9, "3 crop + 3 edge resizes folded, 3 decoder upsamples read through");
         let att: Vec<_> = ls
             .iter()
             .filter_map(|l| match l.params {
@@ -418,7 +480,53 @@ fn plan_fuses_every_reverse_attention_branch() {
             let edge_blocks = (p.n as usize * p.ec as usize * (p.h * p.w) as usize).div_ceil(256);
             assert_eq!(l.grid[0] as usize, p.attention_blocks as usize + edge_blocks);
         }
-        assert_eq!(ls.iter().filter(|l| l.kernel == kernels::Kernel::ResizeBilinear).count(), resizes - 6);
+        assert_eq!(ls.iter().filter(|l| l.kernel == kernels::Kernel::ResizeBilinear).count(), resizes - 9);
+    }
+}
+
+/// The partial decoder's ×2 align_corners upsamples: up(up(x1)), up(x2) and up(x2_2) are read only by
+/// conv_upsample2/3/5, which sample them in their input gather, so their resize launches are gone;
+/// up(x1) is also the source of up(up(x1)) and stays materialised (its two convs read it directly).
+#[test]
+fn plan_reads_decoder_upsamples_through_the_convs() {
+    use infnet::cuda::plan::{launches, ArenaLayout, WeightPack};
+    for model in [tiny_model(), InfNet::from_state_dict(&state_dict(&Spec::full(), 3)).expect("full model")] {
+        let g = &model.graph;
+        let layout = ArenaLayout::new(g, 2, 64, 64);
+        let pack = WeightPack::new(g);
+        let base = 1u64 << 20;
+        let ls = launches(g, &layout, base, &pack, 1 << 40).expect("plan");
+        let buf = |name: &str| g.bufs.iter().position(|b| b.name == name).unwrap_or_else(|| panic!("no buffer {name}"));
+        let addr = |b: usize| base + 4 * layout.offsets[b] as u64;
+        let resized_into = |b: usize| {
+            ls.iter().filter(|l| matches!(l.params, kernels::Params::Resize(p) if p.y == addr(b))).count()
+        };
+        let u1 = buf("ParDec.up(x1)");
+        assert_eq!(resized_into(u1), 1, "up(x1) feeds up(up(x1)): still materialised");
+        for name in ["ParDec.up(up(x1))", "ParDec.up(x2)", "ParDec.up(x2_2)"] {
+            assert_eq!(resized_into(buf(name)), 0, "{name}: resize launch should be gone");
+        }
+        let through: Vec<_> = ls
+            .iter()
+            .filter_map(|l| match l.params {
+                kernels::Params::Conv(p) if p.src != 0 => Some((l.kernel, p)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(through.len(), 3, "conv_upsample2, 3, 5 read through the resize");
+        for (k, p) in &through {
+            assert!(matches!(k, kernels::Kernel::Conv2dResized | kernels::Kernel::Conv2dResizedM32));
+            assert_eq!((p.kh, p.kw), (3, 3));
+            assert_eq!((p.h, p.w), (2 * p.src_h, 2 * p.src_w));
+        }
+        for src in [u1, buf("ParDec.x2_2")] {
+            assert!(through.iter().any(|(_, p)| p.src == addr(src)), "{}: no conv reads through its upsample", g.bufs[src].name);
+        }
+        // Every other conv keeps the plain kernels.
+        assert!(ls
+            .iter()
+            .filter(|l| matches!(l.params, kernels::Params::Conv(p) if p.src == 0))
+            .all(|l| !matches!(l.kernel, kernels::Kernel::Conv2dResized | kernels::Kernel::Conv2dResizedM32)));
     }
 }
 

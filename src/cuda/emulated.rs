@@ -23,6 +23,8 @@ extern "C" {
     fn infnet_emu_conv2d_pointwise_f32(p: *const ConvParams, grid: EmuDim, block: EmuDim);
     fn infnet_emu_conv2d_m32_f32(p: *const ConvParams, grid: EmuDim, block: EmuDim);
     fn infnet_emu_conv2d_pointwise_m32_f32(p: *const ConvParams, grid: EmuDim, block: EmuDim);
+    fn infnet_emu_conv2d_resized_f32(p: *const ConvParams, grid: EmuDim, block: EmuDim);
+    fn infnet_emu_conv2d_resized_m32_f32(p: *const ConvParams, grid: EmuDim, block: EmuDim);
     fn infnet_emu_max_pool2d_f32(p: *const PoolParams, grid: EmuDim, block: EmuDim);
     fn infnet_emu_avg_pool2d_f32(p: *const PoolParams, grid: EmuDim, block: EmuDim);
     fn infnet_emu_resize_bilinear_f32(p: *const ResizeParams, grid: EmuDim, block: EmuDim);
@@ -49,6 +51,8 @@ pub unsafe fn run(l: &Launch) {
         (kernels::Kernel::Conv2dPointwise, Params::Conv(p)) => infnet_emu_conv2d_pointwise_f32(p, g, b),
         (kernels::Kernel::Conv2dM32, Params::Conv(p)) => infnet_emu_conv2d_m32_f32(p, g, b),
         (kernels::Kernel::Conv2dPointwiseM32, Params::Conv(p)) => infnet_emu_conv2d_pointwise_m32_f32(p, g, b),
+        (kernels::Kernel::Conv2dResized, Params::Conv(p)) => infnet_emu_conv2d_resized_f32(p, g, b),
+        (kernels::Kernel::Conv2dResizedM32, Params::Conv(p)) => infnet_emu_conv2d_resized_m32_f32(p, g, b),
         (kernels::Kernel::MaxPool2d, Params::Pool(p)) => infnet_emu_max_pool2d_f32(p, g, b),
         (kernels::Kernel::AvgPool2d, Params::Pool(p)) => infnet_emu_avg_pool2d_f32(p, g, b),
         (kernels::Kernel::ResizeBilinear, Params::Resize(p)) => infnet_emu_resize_bilinear_f32(p, g, b),

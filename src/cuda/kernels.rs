@@ -56,6 +56,9 @@ pub enum Kernel {
     /// 32 output channels × 128 pixels per block, for cout ≤ 32.
     Conv2dM32,
     Conv2dPointwiseM32,
+    /// Input read through an align_corners bilinear resize of a smaller source (`conv_resized`).
+    Conv2dResized,
+    Conv2dResizedM32,
     MaxPool2d,
     AvgPool2d,
     ResizeBilinear,
@@ -63,11 +66,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::Conv2d,
         Kernel::Conv2dPointwise,
         Kernel::Conv2dM32,
         Kernel::Conv2dPointwiseM32,
+        Kernel::Conv2dResized,
+        Kernel::Conv2dResizedM32,
         Kernel::MaxPool2d,
         Kernel::AvgPool2d,
         Kernel::ResizeBilinear,
@@ -80,6 +85,8 @@ impl Kernel {
             Kernel::Conv2dPointwise => "conv2d_pointwise_f32",
             Kernel::Conv2dM32 => "conv2d_m32_f32",
             Kernel::Conv2dPointwiseM32 => "conv2d_pointwise_m32_f32",
+            Kernel::Conv2dResized => "conv2d_resized_f32",
+            Kernel::Conv2dResizedM32 => "conv2d_resized_m32_f32",
             Kernel::MaxPool2d => "max_pool2d_f32",
             Kernel::AvgPool2d => "avg_pool2d_f32",
             Kernel::ResizeBilinear => "resize_bilinear_f32",
@@ -88,7 +95,12 @@ impl Kernel {
     }
     pub fn module(self) -> Module {
         match self {
-            Kernel::Conv2d | Kernel::Conv2dPointwise | Kernel::Conv2dM32 | Kernel::Conv2dPointwiseM32 => Module::Conv,
+            Kernel::Conv2d
+            | Kernel::Conv2dPointwise
+            | Kernel::Conv2dM32
+            | Kernel::Conv2dPointwiseM32
+            | Kernel::Conv2dResized
+            | Kernel::Conv2dResizedM32 => Module::Conv,
             Kernel::MaxPool2d | Kernel::AvgPool2d => Module::Pool,
             Kernel::ResizeBilinear | Kernel::ReverseAttention => Module::Resize,
         }
@@ -113,6 +125,8 @@ pub struct ConvParams {
     pub mul: u64,
     /// n × cout × oh × ow, image stride y_bs
     pub y: u64,
+    /// resized kernels: n × cin × src_h × src_w, image stride src_bs (x unused); else 0
+    pub src: u64,
     pub n: i32,
     pub cin: i32,
     pub h: i32,
@@ -132,7 +146,12 @@ pub struct ConvParams {
     pub r_bs: i32,
     pub m_bs: i32,
     pub y_bs: i32,
-    pub pad_: i32,
+    pub src_h: i32,
+    pub src_w: i32,
+    pub src_bs: i32,
+    /// align_corners src/dst ratios (`resize_scale`)
+    pub src_scale_h: f32,
+    pub src_scale_w: f32,
 }
 
 /// kernels/pool.cu `PoolParams`.
@@ -225,7 +244,7 @@ pub struct AttentionParams {
 
 /// The C-side `sizeof` each struct must have (the static_asserts in kernels/*.cu).
 pub const PARAM_SIZES: [(&str, usize, usize); 4] = [
-    ("ConvParams", std::mem::size_of::<ConvParams>(), 7 * 8 + 20 * 4),
+    ("ConvParams", std::mem::size_of::<ConvParams>(), 8 * 8 + 24 * 4),
     ("PoolParams", std::mem::size_of::<PoolParams>(), 2 * 8 + 12 * 4),
     ("ResizeParams", std::mem::size_of::<ResizeParams>(), 2 * 8 + 12 * 4),
     ("AttentionParams", std::mem::size_of::<AttentionParams>(), 6 * 8 + 24 * 4),
@@ -269,6 +288,15 @@ pub fn conv_kernel(p: &ConvParam) -> (Kernel, (usize, usize)) {
         (true, true) => (Kernel::Conv2dPointwiseM32, CONV_TILE_NARROW),
     }
 }
+/// The kernel of a conv whose input is read through a resize (`conv_resized`) and its block tile.
+pub fn conv_resized_kernel(p: &ConvParam) -> (Kernel, (usize, usize)) {
+    if p.cout <= CONV_TILE_NARROW.0 {
+        (Kernel::Conv2dResizedM32, CONV_TILE_NARROW)
+    } else {
+        (Kernel::Conv2dResized, CONV_TILE_WIDE)
+    }
+}
+
 /// Threads per block of the elementwise kernels (POOL_THREADS, RESIZE_THREADS).
 const ELEMENTWISE_THREADS: u32 = 256;
 
@@ -345,7 +373,7 @@ pub fn conv(
         r_bs: int(residual.map_or(0, |a| a.shape.batch_stride), "image stride")?,
         m_bs: int(mul.map_or(0, |a| a.shape.batch_stride), "image stride")?,
         y_bs: int(ys.batch_stride, "image stride")?,
-        pad_: 0,
+        ..Default::default()
     };
     int(xs.n * xs.batch_stride, "input span")?;
     int(ys.n * ys.batch_stride, "output span")?;
@@ -356,6 +384,42 @@ pub fn conv(
         block: [CONV_THREADS, 1, 1],
         params: Params::Conv(params),
     })
+}
+
+/// A conv node whose input is the bilinear align_corners resize of `src` to `h` × `w` (`Node::Resize`
+/// with `ResizeMode::AlignCorners`), sampled inside the conv's input gather instead of read from a
+/// materialised upsampled buffer. Otherwise as `conv` (no `x_add`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_resized(
+    p: &ConvParam,
+    weight: u64,
+    bias: u64,
+    src: Slice,
+    h: usize,
+    w: usize,
+    y: Slice,
+    residual: Option<Slice>,
+    relu: bool,
+    mul: Option<Slice>,
+) -> Result<Launch> {
+    let ss = src.shape;
+    if ss.h == 0 || ss.w == 0 {
+        return Err(Error::invalid(format!("{}: empty resize source {ss:?}", p.name)));
+    }
+    let up = Slice { addr: 0, shape: Shape { n: ss.n, c: ss.c, h, w, batch_stride: ss.c * h * w } };
+    let mut l = conv(p, weight, bias, up, None, y, residual, relu, mul)?;
+    let Params::Conv(ref mut c) = l.params else { unreachable!("conv() builds conv params") };
+    let (scale_h, scale_w, _) = resize_scales(ss, h, w, ResizeMode::AlignCorners);
+    c.x_bs = 0;
+    c.src = src.addr;
+    c.src_h = int(ss.h, "height")?;
+    c.src_w = int(ss.w, "width")?;
+    c.src_bs = int(ss.batch_stride, "image stride")?;
+    c.src_scale_h = scale_h;
+    c.src_scale_w = scale_w;
+    int(ss.n * ss.batch_stride, "input span")?;
+    l.kernel = conv_resized_kernel(p).0;
+    Ok(l)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -92,6 +92,59 @@ fn reads(n: &Node) -> Vec<View> {
     }
 }
 
+/// The views a node writes.
+fn writes(n: &Node) -> View {
+    match *n {
+        Node::Conv { y, .. } | Node::MaxPool { y, .. } | Node::AvgPool { y, .. } | Node::Resize { y, .. } => y,
+        Node::ReverseAttention { y, .. } => y,
+    }
+}
+
+/// Align-corners resizes that need not be materialised: node `i` resizes `x` into the whole of a
+/// buffer that nothing else writes, that is no graph output, and whose only readers are convs taking
+/// it as their whole input `x` (not `x_add`, residual or mul), with `x` unchanged from the resize to
+/// each of them. Those convs sample the resize in their input gather (`kernels::conv_resized`) and
+/// the resize launch is dropped. Returns, per node, the resize source a conv reads through (for the
+/// convs) and whether the node is dropped (for the resizes).
+fn resizes_into_convs(g: &Graph) -> (Vec<Option<View>>, Vec<bool>) {
+    let mut through = vec![None; g.nodes.len()];
+    let mut dropped = vec![false; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        let Node::Resize { x, y, mode: ResizeMode::AlignCorners } = *n else { continue };
+        let whole = y.c_off == 0 && y.c == g.bufs[y.buf].c;
+        if !whole || y.buf == g.input || g.outputs.iter().any(|o| o.1 == y.buf) || x.buf == y.buf {
+            continue;
+        }
+        let mut readers = Vec::new();
+        let mut ok = true;
+        for (j, m) in g.nodes.iter().enumerate() {
+            if j != i && writes(m).buf == y.buf {
+                ok = false;
+            }
+            if !reads(m).iter().any(|r| r.buf == y.buf) {
+                continue;
+            }
+            match *m {
+                Node::Conv { x: cx, x_add: None, residual, mul, y: cy, .. }
+                    if j > i && cx == y && cy.buf != y.buf && [residual, mul].iter().flatten().all(|v| v.buf != y.buf) =>
+                {
+                    // The source must still hold what the resize would have read.
+                    ok &= g.nodes[i + 1..j].iter().all(|w| !overlap(writes(w), x)) && !overlap(cy, x);
+                    readers.push(j);
+                }
+                _ => ok = false,
+            }
+        }
+        if ok && !readers.is_empty() {
+            dropped[i] = true;
+            for j in readers {
+                through[j] = Some(x);
+            }
+        }
+    }
+    (through, dropped)
+}
+
 /// The edge-guidance Resize of a reverse-attention branch that can run inside the attention launch
 /// of node `ra` (writing `att`, and `crop` when the map resize is fused too): node `ra + 1` is the
 /// branch's first conv, reading `att` into a channel slice of the concat buffer, and node `ra + 2`
@@ -122,12 +175,15 @@ fn edge_resize_after(g: &Graph, ra: usize, att: View, crop: Option<View>) -> Opt
 /// following ReverseAttention becomes one reverse-attention launch that also writes the resized map
 /// (still needed as the branch's residual); and the Resize of the edge guidance into the concat
 /// buffer that the branch's first conv writes (`edge_resize_after`) joins that launch as extra blocks.
+///
+/// Per align-corners resize read only by convs (the partial decoder's up(·) feeding conv_upsample*):
+/// the convs read through the resize and the resize launch is dropped (`resizes_into_convs`).
 pub fn launches(g: &Graph, layout: &ArenaLayout, arena: u64, pack: &WeightPack, weights: u64) -> Result<Vec<Launch>> {
     let s = |v: View| layout.slice(g, arena, v);
     let edge_of = |ra: usize, att: View, crop: Option<View>| {
         edge_resize_after(g, ra, att, crop).map(|(idx, x, y, mode)| (idx, kernels::EdgeResize { x: s(x), y: s(y), mode }))
     };
-    let mut folded = vec![false; g.nodes.len()];
+    let (through, mut folded) = resizes_into_convs(g);
     let mut out = Vec::with_capacity(g.nodes.len());
     let mut i = 0;
     while i < g.nodes.len() {
@@ -138,17 +194,33 @@ pub fn launches(g: &Graph, layout: &ArenaLayout, arena: u64, pack: &WeightPack, 
         let launch = match g.nodes[i] {
             Node::Conv { conv, x, x_add, y, residual, relu, mul } => {
                 let (w_off, b_off) = pack.offsets[conv];
-                kernels::conv(
-                    &g.convs[conv],
-                    weights + 4 * w_off as u64,
-                    weights + 4 * b_off as u64,
-                    s(x),
-                    x_add.map(s),
-                    s(y),
-                    residual.map(s),
-                    relu,
-                    mul.map(s),
-                )?
+                if let Some(src) = through[i] {
+                    let xs = s(x).shape;
+                    kernels::conv_resized(
+                        &g.convs[conv],
+                        weights + 4 * w_off as u64,
+                        weights + 4 * b_off as u64,
+                        s(src),
+                        xs.h,
+                        xs.w,
+                        s(y),
+                        residual.map(s),
+                        relu,
+                        mul.map(s),
+                    )?
+                } else {
+                    kernels::conv(
+                        &g.convs[conv],
+                        weights + 4 * w_off as u64,
+                        weights + 4 * b_off as u64,
+                        s(x),
+                        x_add.map(s),
+                        s(y),
+                        residual.map(s),
+                        relu,
+                        mul.map(s),
+                    )?
+                }
             }
             Node::MaxPool { x, y, k, s: st, p } => kernels::pool(kernels::Pool::Max, s(x), s(y), k, st, p)?,
             Node::AvgPool { x, y, k, s: st, p, count_include_pad, .. } => {
