@@ -34,6 +34,10 @@ impl Spec {
             edge: 64,
         }
     }
+    /// The bundled demo model's variant (weights/infnet-demo.safetensors): 1.27 M parameters.
+    pub fn demo() -> Spec {
+        Spec { blocks: [1, 1, 2, 1], base_width: 26, scale: 4, planes: [16, 32, 64, 128], stem: [16, 16], channel: 16, ra: [64, 32, 32], edge: 32 }
+    }
     /// A small variant with odd widths, used by tests.
     pub fn tiny() -> Spec {
         Spec { blocks: [2, 1, 2, 1], base_width: 26, scale: 4, planes: [8, 16, 24, 32], stem: [8, 16], channel: 8, ra: [24, 16, 16], edge: 8 }

@@ -141,16 +141,7 @@ impl Variant {
         use crate::model::synthetic::Spec;
         match self {
             Variant::Full => Spec::full(),
-            Variant::Demo => Spec {
-                blocks: [1, 1, 2, 1],
-                base_width: 26,
-                scale: 4,
-                planes: [16, 32, 64, 128],
-                stem: [16, 16],
-                channel: 16,
-                ra: [64, 32, 32],
-                edge: 32,
-            },
+            Variant::Demo => Spec::demo(),
             Variant::Tiny => Spec::tiny(),
         }
     }
