@@ -11,6 +11,7 @@
 
 use super::conv::Epilogue;
 use super::microkernel::{self, Isa, MAX_TILE};
+use super::tensor::SendPtr;
 use super::tensor::{In, Out};
 use crate::graph::ConvParam;
 use rayon::prelude::*;
@@ -98,15 +99,6 @@ pub fn conv2d(p: &ConvParam, pk: &PackedConv, x: In, x_add: Option<In>, y: Out, 
     });
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// cols[k · nr + j] = input value that kernel tap k (= (ci·kh + ky)·kw + kx) sees at output pixel p0 + j,
 /// for j < cnt; zero for j ≥ cnt. Output pixels are walked in runs along one output row, so that for

@@ -94,3 +94,15 @@ impl Out {
         std::slice::from_raw_parts_mut(self.ptr.add(self.shape.plane(i, 0)), self.shape.c * self.shape.hw())
     }
 }
+
+/// A raw output pointer handed to rayon tasks that write disjoint regions of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: tasks sharing it write disjoint ranges (each caller's invariant).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}

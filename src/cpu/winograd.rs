@@ -8,6 +8,7 @@
 
 use super::conv::Epilogue;
 use super::microkernel::{self, Isa, MAX_TILE};
+use super::tensor::SendPtr;
 use super::tensor::{In, Out};
 use crate::graph::{ConvParam, Graph};
 use rayon::prelude::*;
@@ -204,12 +205,3 @@ impl WinogradConv {
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
