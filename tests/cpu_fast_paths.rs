@@ -123,6 +123,10 @@ fn conv_cases(rng: &mut Rng) -> Vec<ConvParam> {
         param(rng, 600, 21, 1, 1, 1, 0, 0, 1), // 1×1, K in 3 chunks
         param(rng, 70, 75, 3, 3, 1, 1, 1, 1),  // 3×3, K = 630 in 3 chunks, 10 row blocks
         param(rng, 23, 9, 5, 5, 1, 2, 2, 1),   // 5×5, K = 575 in 3 chunks
+        param(rng, 19, 26, 3, 3, 1, 1, 1, 1),  // AVX-512 kernel with 13 rows
+        param(rng, 21, 28, 1, 1, 1, 0, 0, 1),  // 14 rows
+        param(rng, 29, 24, 3, 3, 1, 1, 1, 1),  // 12 rows
+        param(rng, 17, 8, 3, 3, 1, 1, 1, 1),   // 8 rows
     ]
 }
 

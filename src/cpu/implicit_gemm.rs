@@ -20,14 +20,24 @@ use rayon::prelude::*;
 /// (rows past cout are zero).
 pub struct PackedConv {
     pub isa: Isa,
+    /// Output rows per block (`isa.mr_for(cout)`).
+    pub mr: usize,
     k: usize,
     blocks: usize,
+    /// Input channels per K chunk: K is cut into chunks of `ci_chunk · kh · kw` rows (≈ 256) so that
+    /// one weight block's chunk (≤ 14 KiB) stays in L1 while it runs over every gathered panel.
+    ci_chunk: usize,
+    taps: usize,
     w: Vec<f32>,
 }
 
+/// Rows of K per chunk that the chunking aims for.
+const K_CHUNK: usize = 256;
+
 impl PackedConv {
     pub fn new(p: &ConvParam, isa: Isa) -> PackedConv {
-        let (mr, k) = (isa.mr(), p.cin * p.kh * p.kw);
+        let (mr, taps) = (isa.mr_for(p.cout), p.kh * p.kw);
+        let k = p.cin * taps;
         let blocks = p.cout.div_ceil(mr);
         let mut w = vec![0.0f32; blocks * k * mr];
         for o in 0..p.cout {
@@ -36,18 +46,31 @@ impl PackedConv {
                 w[(blk * k + kk) * mr + r] = p.weight[o * k + kk];
             }
         }
-        PackedConv { isa, k, blocks, w }
+        // Equal chunks, e.g. 1024 channels → 4 × 256, 416 → 2 × 208, 3×3 over 208 → 8 × 26 (234 rows).
+        let target = (K_CHUNK / taps).max(1);
+        let ci_chunk = p.cin.div_ceil(p.cin.div_ceil(target));
+        PackedConv { isa, mr, k, blocks, ci_chunk, taps, w }
     }
 
-    /// Panels gathered together: each MR-row weight block is then reused over all of them while it is
-    /// in L1/L2, instead of streaming every block from L3 once per panel. Capped at ~512 KiB of L2.
+    fn k_chunks(&self) -> usize {
+        (self.k / self.taps).div_ceil(self.ci_chunk)
+    }
+
+    /// Panels gathered together: each MR-row weight block's K chunk is then reused over all of them
+    /// while it is in L1, and the gathered chunk stays in L2 (≤ 512 KiB). With more than one K chunk,
+    /// the partial sums of every (panel, block) tile are kept too (≤ 512 KiB).
     fn max_chunk(&self) -> usize {
-        (131072 / (self.k * self.isa.nr()).max(1)).clamp(1, 16)
+        let nr = self.isa.nr();
+        let gathered = 131072 / (self.ci_chunk * self.taps * nr).max(1);
+        let sums = if self.k_chunks() > 1 { 131072 / (self.blocks * self.mr * nr) } else { usize::MAX };
+        gathered.min(sums).clamp(1, 16)
     }
 
-    /// Floats of gather buffer one worker thread needs for this conv.
+    /// Floats of scratch one worker thread needs for this conv: the gathered panels and the tiles.
     pub fn panel_len(&self) -> usize {
-        self.max_chunk() * self.k * self.isa.nr()
+        let nr = self.isa.nr();
+        let tiles = if self.k_chunks() > 1 { self.max_chunk() * self.blocks } else { 1 };
+        self.max_chunk() * self.ci_chunk * self.taps * nr + tiles * MAX_TILE
     }
 }
 
@@ -58,10 +81,10 @@ pub fn conv2d(p: &ConvParam, pk: &PackedConv, x: In, x_add: Option<In>, y: Out, 
     assert_eq!(ys.c, p.cout);
     assert_eq!(p.out_size(xs.h, xs.w), (ys.h, ys.w));
     assert_eq!(pk.k, p.cin * p.kh * p.kw);
-    let (isa, nr) = (pk.isa, pk.isa.nr());
+    let (isa, nr, mr) = (pk.isa, pk.isa.nr(), pk.mr);
     let workers = rayon::current_num_threads();
-    let panel = pk.panel_len();
-    assert!(scratch.len() >= workers * panel, "conv scratch too small");
+    let per_thread = pk.panel_len();
+    assert!(scratch.len() >= workers * per_thread, "conv scratch too small");
     let pixels = ys.hw();
     let panels = pixels.div_ceil(nr);
     let total = xs.n * panels;
@@ -71,53 +94,73 @@ pub fn conv2d(p: &ConvParam, pk: &PackedConv, x: In, x_add: Option<In>, y: Out, 
     // Several tasks per thread for balance, each as many panels as the gather buffer holds.
     let panels_per_task = pk.max_chunk().min((total / (4 * workers)).max(1));
     let chunks = total.div_ceil(panels_per_task);
+    let k_chunks = pk.k_chunks();
+    let gather_len = pk.max_chunk() * pk.ci_chunk * pk.taps * nr;
     let scratch_ptr = SendPtr(scratch.as_mut_ptr());
     (0..chunks * groups).into_par_iter().for_each(|task| {
         let (chunk, group) = (task / groups, task % groups);
         let me = rayon::current_thread_index().unwrap_or(0);
         assert!(me < workers, "conv run outside the pool it was sized for");
-        // SAFETY: each worker thread uses only its own `panel`-sized slice of the scratch.
-        let cols = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(me * panel), panel) };
+        // SAFETY: each worker thread uses only its own `per_thread`-sized slice of the scratch.
+        let mine = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(me * per_thread), per_thread) };
+        let (cols, tiles) = mine.split_at_mut(gather_len);
         let b0 = group * blocks_per_group;
         let b1 = (b0 + blocks_per_group).min(pk.blocks);
-        let mut tile = [0.0f32; MAX_TILE];
         let ts = chunk * panels_per_task..((chunk + 1) * panels_per_task).min(total);
-        let one = pk.k * nr;
-        for (c, t) in ts.clone().enumerate() {
-            let (i, p0) = (t / panels, (t % panels) * nr);
-            gather(p, x, x_add, i, p0, nr.min(pixels - p0), nr, ys.w, isa == Isa::Avx512, &mut cols[c * one..(c + 1) * one]);
-        }
-        for blk in b0..b1 {
-            let w = pk.w[blk * pk.k * isa.mr()..].as_ptr();
+        for kc in 0..k_chunks {
+            let ci0 = kc * pk.ci_chunk;
+            let ci1 = (ci0 + pk.ci_chunk).min(p.cin);
+            let kn = (ci1 - ci0) * pk.taps;
+            let one = kn * nr;
             for (c, t) in ts.clone().enumerate() {
                 let (i, p0) = (t / panels, (t % panels) * nr);
-                // SAFETY: packed weights hold blocks·k·mr floats, each gathered panel k·nr; the isa was detected.
-                unsafe { microkernel::run(isa, pk.k, w, cols[c * one..].as_ptr(), &mut tile) };
-                store(p, &tile, isa, blk, i, p0, nr.min(pixels - p0), y, &ep);
+                gather(p, x, x_add, i, p0, nr.min(pixels - p0), nr, ys.w, ci0..ci1, isa == Isa::Avx512, &mut cols[c * one..(c + 1) * one]);
+            }
+            let last = kc + 1 == k_chunks;
+            for blk in b0..b1 {
+                let w = pk.w[(blk * pk.k + ci0 * pk.taps) * mr..].as_ptr();
+                for (c, t) in ts.clone().enumerate() {
+                    let (i, p0) = (t / panels, (t % panels) * nr);
+                    // One tile per (panel, block) while partial sums carry over K chunks, else one tile.
+                    let tile = if k_chunks > 1 { &mut tiles[(c * pk.blocks + blk) * MAX_TILE..][..MAX_TILE] } else { &mut tiles[..MAX_TILE] };
+                    // SAFETY: the weight chunk holds kn·mr floats, each gathered panel kn·nr, a tile MAX_TILE; the isa was detected.
+                    unsafe { microkernel::run(isa, mr, kn, w, cols[c * one..].as_ptr(), tile.as_mut_ptr(), kc > 0) };
+                    if last {
+                        let tile: &[f32; MAX_TILE] = (&*tile).try_into().expect("tile of MAX_TILE floats");
+                        store(p, tile, isa, mr, blk, i, p0, nr.min(pixels - p0), y, &ep);
+                    }
+                }
             }
         }
     });
 }
 
-
 /// cols[k · nr + j] = input value that kernel tap k (= (ci·kh + ky)·kw + kx) sees at output pixel p0 + j,
 /// for j < cnt; zero for j ≥ cnt. Output pixels are walked in runs along one output row, so that for
 /// stride 1 each tap is one contiguous copy with zeroed borders.
 #[allow(clippy::too_many_arguments)]
-fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, nr: usize, ow: usize, avx512: bool, cols: &mut [f32]) {
+#[inline(never)]
+fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, nr: usize, ow: usize, cis: std::ops::Range<usize>, avx512: bool, cols: &mut [f32]) {
     let xs = x.shape;
     let taps = p.kh * p.kw;
     let pointwise = taps == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0;
+    let ci0 = cis.start;
+    #[cfg(target_arch = "x86_64")]
+    if avx512 && p.stride == 1 && !pointwise && nr == 32 {
+        // SAFETY: the caller detected AVX-512F; the views are live for the whole conv.
+        unsafe { gather_stride1_avx512(p, x, x_add, i, p0, cnt, ow, cis, cols) };
+        return;
+    }
     if cnt < nr {
-        for k in 0..p.cin * taps {
+        for k in 0..cis.len() * taps {
             cols[k * nr + cnt..(k + 1) * nr].fill(0.0);
         }
     }
-    for ci in 0..p.cin {
+    for ci in cis {
         // SAFETY: the views are live for the whole conv (executor contract).
         let (src, add) = unsafe { (x.plane(i, ci), x_add.map(|a| a.plane(i, ci))) };
         if pointwise {
-            let out = &mut cols[ci * nr..ci * nr + cnt];
+            let out = &mut cols[(ci - ci0) * nr..(ci - ci0) * nr + cnt];
             match add {
                 None => out.copy_from_slice(&src[p0..p0 + cnt]),
                 Some(a) => {
@@ -135,7 +178,7 @@ fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usi
             for ky in 0..p.kh {
                 let iy = (oy * p.stride + ky * p.dil) as isize - p.pad_h as isize;
                 for kx in 0..p.kw {
-                    let k = (ci * p.kh + ky) * p.kw + kx;
+                    let k = ((ci - ci0) * p.kh + ky) * p.kw + kx;
                     let out = &mut cols[k * nr + j..k * nr + j + len];
                     if iy < 0 || iy >= xs.h as isize {
                         out.fill(0.0);
@@ -186,6 +229,71 @@ fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usi
     }
 }
 
+/// `gather` for stride 1 with AVX-512 (nr = 32): per run of output pixels along one row, the masks of
+/// each kx (which lanes fall inside the input row, which lanes exist) are computed once, so each tap
+/// costs two masked loads and two masked stores (four with `x_add`); zero lanes past `cnt` are
+/// written by the same stores.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_stride1_avx512(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, ow: usize, cis: std::ops::Range<usize>, cols: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const NR: usize = 32;
+    const MAX_KW: usize = 16;
+    let xs = x.shape;
+    let (taps, ci0) = (p.kh * p.kw, cis.start);
+    assert!(p.kw <= MAX_KW && cols.len() >= cis.len() * taps * NR);
+    let out = cols.as_mut_ptr();
+    let mut j = 0;
+    while j < cnt {
+        let (oy, ox0) = ((p0 + j) / ow, (p0 + j) % ow);
+        let len = (ow - ox0).min(cnt - j);
+        // Lanes j..j+len of the panel belong to this run; the last run also writes the zero tail j+len..32.
+        let last = j + len >= cnt;
+        let store_mask: u32 = {
+            let upto = if last { NR } else { j + len };
+            (((1u64 << upto) - 1) & !((1u64 << j) - 1)) as u32
+        };
+        let mut load_mask = [0u32; MAX_KW];
+        let mut off = [0isize; MAX_KW];
+        for kx in 0..p.kw {
+            // Input column of panel lane t (t in j..j+len): c0 + t, valid when inside 0..w.
+            let c0 = (ox0 + kx * p.dil) as isize - p.pad_w as isize - j as isize;
+            let lo = (-c0).clamp(j as isize, (j + len) as isize) as u32;
+            let hi = (xs.w as isize - c0).clamp(lo as isize, (j + len) as isize) as u32;
+            load_mask[kx] = (((1u64 << hi) - 1) & !((1u64 << lo) - 1)) as u32;
+            off[kx] = c0;
+        }
+        let (sm0, sm1) = (store_mask as u16, (store_mask >> 16) as u16);
+        for ci in cis.clone() {
+            let src = x.ptr.add(xs.plane(i, ci));
+            let add = x_add.map(|a| a.ptr.add(a.shape.plane(i, ci)));
+            for ky in 0..p.kh {
+                let iy = (oy + ky * p.dil) as isize - p.pad_h as isize;
+                let inside = iy >= 0 && iy < xs.h as isize;
+                let row = iy * xs.w as isize;
+                for kx in 0..p.kw {
+                    let k = ((ci - ci0) * p.kh + ky) * p.kw + kx;
+                    let dst = out.add(k * NR);
+                    let (lm0, lm1) = if inside { (load_mask[kx] as u16, (load_mask[kx] >> 16) as u16) } else { (0, 0) };
+                    // Lane t reads src[row + off + t]; masked-off lanes are never dereferenced.
+                    let base = src.wrapping_offset(row + off[kx]);
+                    let mut v0 = _mm512_maskz_loadu_ps(lm0, base);
+                    let mut v1 = _mm512_maskz_loadu_ps(lm1, base.wrapping_add(16));
+                    if let Some(a) = add {
+                        let abase = a.wrapping_offset(row + off[kx]);
+                        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(lm0, abase));
+                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(lm1, abase.wrapping_add(16)));
+                    }
+                    _mm512_mask_storeu_ps(dst, sm0, v0);
+                    _mm512_mask_storeu_ps(dst.add(16), sm1, v1);
+                }
+            }
+        }
+        j += len;
+    }
+}
+
 /// One stride-1 run of `gather` with AVX-512 masks: out[t] = row[c0 + t] (+ add), zero where c0 + t
 /// falls outside 0..w, for t < len ≤ 32 — two masked loads and stores instead of a copy and two fills.
 #[cfg(target_arch = "x86_64")]
@@ -213,23 +321,22 @@ unsafe fn run_avx512(out: *mut f32, len: usize, src: *const f32, add: Option<*co
 /// Writes rows blk·MR.. of a finished tile through the epilogue: (acc · scale) + bias + residual, ReLU, × mul.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn store(p: &ConvParam, tile: &[f32; MAX_TILE], isa: Isa, blk: usize, i: usize, p0: usize, cnt: usize, y: Out, ep: &Epilogue) {
+fn store(p: &ConvParam, tile: &[f32; MAX_TILE], isa: Isa, mr: usize, blk: usize, i: usize, p0: usize, cnt: usize, y: Out, ep: &Epilogue) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         // SAFETY: the isa was detected; same contract as below.
-        unsafe { store_avx512(p, tile, blk, i, p0, cnt, y, ep) };
+        unsafe { store_avx512(p, tile, mr, blk, i, p0, cnt, y, ep) };
         return;
     }
-    store_generic(p, tile, isa, blk, i, p0, cnt, y, ep)
+    store_generic(p, tile, mr, isa.nr(), blk, i, p0, cnt, y, ep)
 }
 
-/// `store` for the AVX-512 tile (8 × 32): one masked pass per row instead of up to four SSE passes.
+/// `store` for the AVX-512 tile (mr × 32): one masked pass per row instead of up to four SSE passes.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn store_avx512(p: &ConvParam, tile: &[f32; MAX_TILE], blk: usize, i: usize, p0: usize, cnt: usize, y: Out, ep: &Epilogue) {
+unsafe fn store_avx512(p: &ConvParam, tile: &[f32; MAX_TILE], mr: usize, blk: usize, i: usize, p0: usize, cnt: usize, y: Out, ep: &Epilogue) {
     use std::arch::x86_64::*;
-    const MR: usize = 8;
     const NR: usize = 32;
     let m0: __mmask16 = if cnt >= 16 { 0xffff } else { ((1u32 << cnt) - 1) as u16 };
     let m1: __mmask16 = if cnt >= 32 { 0xffff } else if cnt > 16 { ((1u32 << (cnt - 16)) - 1) as u16 } else { 0 };
@@ -241,8 +348,8 @@ unsafe fn store_avx512(p: &ConvParam, tile: &[f32; MAX_TILE], blk: usize, i: usi
     }
     let scale = ep.scale.map(|s| ld!(s.plane(i, 0).as_ptr().add(p0)));
     let zero = _mm512_setzero_ps();
-    for r in 0..MR.min(p.cout - blk * MR) {
-        let o = blk * MR + r;
+    for r in 0..mr.min(p.cout - blk * mr) {
+        let o = blk * mr + r;
         let t = tile.as_ptr().add(r * NR);
         let (mut a, mut b) = (_mm512_loadu_ps(t), _mm512_loadu_ps(t.add(16)));
         if let Some((s0, s1)) = scale {
@@ -274,8 +381,7 @@ unsafe fn store_avx512(p: &ConvParam, tile: &[f32; MAX_TILE], blk: usize, i: usi
 
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn store_generic(p: &ConvParam, tile: &[f32; MAX_TILE], isa: Isa, blk: usize, i: usize, p0: usize, cnt: usize, y: Out, ep: &Epilogue) {
-    let (mr, nr) = (isa.mr(), isa.nr());
+fn store_generic(p: &ConvParam, tile: &[f32; MAX_TILE], mr: usize, nr: usize, blk: usize, i: usize, p0: usize, cnt: usize, y: Out, ep: &Epilogue) {
     // SAFETY (all plane accesses): views are live; this task is the only writer of these pixels of these rows.
     let scale = ep.scale.map(|s| unsafe { &s.plane(i, 0)[p0..p0 + cnt] });
     for r in 0..mr.min(p.cout - blk * mr) {

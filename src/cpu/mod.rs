@@ -127,7 +127,7 @@ impl CpuEngine {
                 .par_iter()
                 .map(|p| {
                     let pointwise = p.kh == 1 && p.kw == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0;
-                    if pointwise {
+                    if pointwise && std::env::var("INFNET_PW").as_deref() != Ok("own") {
                         ConvKernel::Pointwise
                     } else if winograd_on && WinogradConv::applies(p) && p.cin >= 64 && p.cout >= 64 {
                         ConvKernel::Winograd(WinogradConv::new(p, isa), PackedConv::new(p, isa))

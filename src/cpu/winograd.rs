@@ -94,7 +94,7 @@ impl WinogradConv {
                 for pos in 0..16 {
                     let w = &self.u[(pos * self.blocks + blk) * self.cin * mr..];
                     // SAFETY: w holds cin·mr floats, v[pos] cin·nr; the isa was detected.
-                    unsafe { microkernel::run(isa, self.cin, w.as_ptr(), v[pos * self.cin * nr..].as_ptr(), &mut tile) };
+                    unsafe { microkernel::run(isa, mr, self.cin, w.as_ptr(), v[pos * self.cin * nr..].as_ptr(), tile.as_mut_ptr(), false) };
                     m[pos * MAX_TILE..pos * MAX_TILE + mr * nr].copy_from_slice(&tile[..mr * nr]);
                 }
                 self.transform_output(p, m, blk, i, t0, cnt, tw, y, &ep);
