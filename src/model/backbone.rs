@@ -60,10 +60,12 @@ pub(crate) fn build(b: &mut Builder, input: View, blocks: [usize; 4], nums: usiz
     }
 }
 
-/// One Bottle2neck. Split and concatenation are views into two buffers:
-/// `split` holds conv1's output (s splits of `width` channels); `cat` receives the chained 3×3
-/// outputs and, as its last split, either conv1's last split directly (normal block: conv1's weight is
-/// split by output rows so those channels land in `cat` with no copy) or its 3×3 average pool (stage block).
+/// One Bottle2neck. Split and concatenation are views into buffers, so no copy is made.
+/// Normal block: one buffer `[spx_0 … spx_n | y_1 … y_n]` (n = nums): conv1 writes all s = n + 1 splits
+/// in one GEMM, conv i reads spx_i (+ y_i for i > 0) and writes y_{i+1}, and conv3 reads the contiguous
+/// `[spx_n, y_1 … y_n]` with its input channels rotated to that order (the public order is
+/// `[y_1 … y_n, spx_n]`). Stage block: conv1 writes `split`; `cat` (at the strided size) receives the
+/// strided 3×3 outputs and the 3×3 average pool of the last split.
 fn bottle2neck(b: &mut Builder, p: &str, x: View, stride: usize, stage: bool, nums: usize, has_down: bool) -> View {
     let width = b.cout_of(&format!("{p}.convs.0.weight"));
     let scale = nums + 1;
@@ -73,16 +75,18 @@ fn bottle2neck(b: &mut Builder, p: &str, x: View, stride: usize, stage: bool, nu
         return x;
     }
     let div_in = b.g.div_of(x);
-    let split = b.g.add_buf(format!("{p}.split"), width * scale, div_in);
-    let cat = b.g.add_buf(format!("{p}.cat"), width * scale, div_in * stride);
     let head = nums * width;
-    if stage {
+    // (where spx_i is, where conv i's output goes, what conv3 reads)
+    let (spx, ys, conv3_in) = if stage {
+        let split = b.g.add_buf(format!("{p}.split"), width * scale, div_in);
+        let cat = b.g.add_buf(format!("{p}.cat"), width * scale, div_in * stride);
         b.conv_into(conv1, x, split, None, true, None);
+        (split, cat, cat)
     } else {
-        let (front, last) = split_rows(conv1, head);
-        b.conv_into(front, x, split.slice(0, head), None, true, None);
-        b.conv_into(last, x, cat.slice(head, width), None, true, None);
-    }
+        let all = b.g.add_buf(format!("{p}.splits"), width * (scale + nums), div_in);
+        b.conv_into(conv1, x, all.slice(0, width * scale), None, true, None);
+        (all, all.slice(width * scale, head), all.slice(head, width * scale))
+    };
     for i in 0..nums {
         let c = b.conv(
             &format!("{p}.convs.{i}.weight"),
@@ -96,12 +100,12 @@ fn bottle2neck(b: &mut Builder, p: &str, x: View, stride: usize, stage: bool, nu
             continue;
         }
         let conv = b.g.add_conv(c);
-        let x_add = if i > 0 && !stage { Some(cat.slice((i - 1) * width, width)) } else { None };
+        let x_add = if i > 0 && !stage { Some(ys.slice((i - 1) * width, width)) } else { None };
         b.g.push(Node::Conv {
             conv,
-            x: split.slice(i * width, width),
+            x: spx.slice(i * width, width),
             x_add,
-            y: cat.slice(i * width, width),
+            y: ys.slice(i * width, width),
             residual: None,
             relu: true,
             mul: None,
@@ -109,8 +113,8 @@ fn bottle2neck(b: &mut Builder, p: &str, x: View, stride: usize, stage: bool, nu
     }
     if stage {
         b.g.push(Node::AvgPool {
-            x: split.slice(head, width),
-            y: cat.slice(head, width),
+            x: spx.slice(head, width),
+            y: ys.slice(head, width),
             k: 3,
             s: stride,
             p: 1,
@@ -119,6 +123,7 @@ fn bottle2neck(b: &mut Builder, p: &str, x: View, stride: usize, stage: bool, nu
         });
     }
     let conv3 = b.conv(&format!("{p}.conv3.weight"), None, Some(&format!("{p}.bn3")), width * scale, Geom::k(1));
+    let conv3 = if stage { conv3 } else { rotate_inputs(conv3, head) };
     let cout = conv3.cout;
     let residual = if has_down {
         let src = if stride != 1 {
@@ -137,22 +142,17 @@ fn bottle2neck(b: &mut Builder, p: &str, x: View, stride: usize, stage: bool, nu
         x
     };
     let out = b.g.add_buf(format!("{p}.out"), cout, div_in * stride);
-    b.conv_into(conv3, cat, out, Some(residual), true, None);
+    b.conv_into(conv3, conv3_in, out, Some(residual), true, None);
     out
 }
 
-/// Splits a conv's output channels at `at`: rows 0..at and at..cout.
-fn split_rows(c: crate::graph::ConvParam, at: usize) -> (crate::graph::ConvParam, crate::graph::ConvParam) {
-    let per = c.cin * c.kh * c.kw;
-    let mut a = c.clone();
-    let mut z = c;
-    a.cout = at;
-    a.weight.truncate(at * per);
-    a.bias.truncate(at);
-    a.name = format!("{}[..{at}]", a.name);
-    z.cout -= at;
-    z.weight.drain(..at * per);
-    z.bias.drain(..at);
-    z.name = format!("{}[{at}..]", z.name);
-    (a, z)
+/// Reorders a conv's input channels so that channels `at..cin` come first, then `0..at`.
+fn rotate_inputs(mut c: crate::graph::ConvParam, at: usize) -> crate::graph::ConvParam {
+    let taps = c.kh * c.kw;
+    let per = c.cin * taps;
+    for o in 0..c.cout {
+        c.weight[o * per..(o + 1) * per].rotate_left(at * taps);
+    }
+    c
 }
+
