@@ -151,6 +151,12 @@ fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usi
         unsafe { gather_stride1_avx512(p, x, x_add, i, p0, cnt, ow, cis, cols) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx512 && p.stride == 2 && nr == 32 {
+        // SAFETY: as above.
+        unsafe { gather_stride2_avx512(p, x, x_add, i, p0, cnt, ow, cis, cols) };
+        return;
+    }
     if cnt < nr {
         for k in 0..cis.len() * taps {
             cols[k * nr + cnt..(k + 1) * nr].fill(0.0);
@@ -284,6 +290,72 @@ unsafe fn gather_stride1_avx512(p: &ConvParam, x: In, x_add: Option<In>, i: usiz
                         let abase = a.wrapping_offset(row + off[kx]);
                         v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(lm0, abase));
                         v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(lm1, abase.wrapping_add(16)));
+                    }
+                    _mm512_mask_storeu_ps(dst, sm0, v0);
+                    _mm512_mask_storeu_ps(dst.add(16), sm1, v1);
+                }
+            }
+        }
+        j += len;
+    }
+}
+
+/// `gather` for stride 2 with AVX-512 (nr = 32): panel lane t reads input column c0 + 2t, so each tap
+/// loads the 64 columns from c0 (masked to the row and to the run) and keeps the even ones with two
+/// two-register permutes.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_stride2_avx512(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, ow: usize, cis: std::ops::Range<usize>, cols: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const NR: usize = 32;
+    const MAX_KW: usize = 16;
+    let xs = x.shape;
+    let (taps, ci0) = (p.kh * p.kw, cis.start);
+    assert!(p.kw <= MAX_KW && cols.len() >= cis.len() * taps * NR);
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let out = cols.as_mut_ptr();
+    let mut j = 0;
+    while j < cnt {
+        let (oy, ox0) = ((p0 + j) / ow, (p0 + j) % ow);
+        let len = (ow - ox0).min(cnt - j);
+        let last = j + len >= cnt;
+        let store_mask: u32 = {
+            let upto = if last { NR } else { j + len };
+            (((1u64 << upto) - 1) & !((1u64 << j) - 1)) as u32
+        };
+        let (sm0, sm1) = (store_mask as u16, (store_mask >> 16) as u16);
+        // Element e of the 64-float window from c0 is lane e / 2 when e is even.
+        let mut load_mask = [0u64; MAX_KW];
+        let mut off = [0isize; MAX_KW];
+        for kx in 0..p.kw {
+            let c0 = 2 * ox0 as isize - 2 * j as isize + (kx * p.dil) as isize - p.pad_w as isize;
+            let lo = (-c0).clamp(2 * j as isize, 2 * (j + len) as isize) as u32;
+            let hi = (xs.w as isize - c0).clamp(lo as isize, 2 * (j + len) as isize) as u32;
+            let upto = if hi >= 64 { u64::MAX } else { (1u64 << hi) - 1 };
+            load_mask[kx] = upto & !((1u64 << lo) - 1);
+            off[kx] = c0;
+        }
+        for ci in cis.clone() {
+            let src = x.ptr.add(xs.plane(i, ci));
+            let add = x_add.map(|a| a.ptr.add(a.shape.plane(i, ci)));
+            for ky in 0..p.kh {
+                let iy = (oy * 2 + ky * p.dil) as isize - p.pad_h as isize;
+                let inside = iy >= 0 && iy < xs.h as isize;
+                let row = iy * xs.w as isize;
+                for kx in 0..p.kw {
+                    let k = ((ci - ci0) * p.kh + ky) * p.kw + kx;
+                    let dst = out.add(k * NR);
+                    let m = if inside { load_mask[kx] } else { 0 };
+                    let load = |base: *const f32| {
+                        let q = [0, 1, 2, 3].map(|h| _mm512_maskz_loadu_ps((m >> (16 * h)) as u16, base.wrapping_add(16 * h)));
+                        (_mm512_permutex2var_ps(q[0], even, q[1]), _mm512_permutex2var_ps(q[2], even, q[3]))
+                    };
+                    let (mut v0, mut v1) = load(src.wrapping_offset(row + off[kx]));
+                    if let Some(a) = add {
+                        let (a0, a1) = load(a.wrapping_offset(row + off[kx]));
+                        v0 = _mm512_add_ps(v0, a0);
+                        v1 = _mm512_add_ps(v1, a1);
                     }
                     _mm512_mask_storeu_ps(dst, sm0, v0);
                     _mm512_mask_storeu_ps(dst.add(16), sm1, v1);
