@@ -306,7 +306,7 @@ unsafe fn gather_stride1_avx512(p: &ConvParam, x: In, x_add: Option<In>, i: usiz
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn gather_stride2_avx512(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, ow: usize, cis: std::ops::Range<usize>, cols: &mut [f32]) {
+pub(crate) unsafe fn gather_stride2_avx512(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, ow: usize, cis: std::ops::Range<usize>, cols: &mut [f32]) {
     use std::arch::x86_64::*;
     const NR: usize = 32;
     const MAX_KW: usize = 16;

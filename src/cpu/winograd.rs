@@ -15,11 +15,15 @@ use rayon::prelude::*;
 
 pub struct WinogradConv {
     isa: Isa,
+    /// Output rows per GEMM block: `isa.mr_for(cout)` on AVX-512, `isa.mr()` otherwise.
+    mr: usize,
     cin: usize,
     cout: usize,
     blocks: usize,
     /// [pos 0..16][block][cin][MR]
     u: Vec<f32>,
+    /// The 4×4 input patches of the tiles as the taps of a stride-2 conv (AVX-512 path's gather).
+    patch: ConvParam,
 }
 
 impl WinogradConv {
@@ -29,7 +33,7 @@ impl WinogradConv {
 
     pub fn new(p: &ConvParam, isa: Isa) -> WinogradConv {
         assert!(WinogradConv::applies(p));
-        let (mr, cin, cout) = (isa.mr(), p.cin, p.cout);
+        let (mr, cin, cout) = (if isa == Isa::Avx512 { isa.mr_for(p.cout) } else { isa.mr() }, p.cin, p.cout);
         let blocks = cout.div_ceil(mr);
         let mut u = vec![0.0f32; 16 * blocks * cin * mr];
         const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
@@ -52,12 +56,29 @@ impl WinogradConv {
                 }
             }
         }
-        WinogradConv { isa, cin, cout, blocks, u }
+        let patch = ConvParam {
+            name: format!("{} (Winograd patches)", p.name),
+            cout: 0,
+            cin,
+            kh: 4,
+            kw: 4,
+            stride: 2,
+            pad_h: 1,
+            pad_w: 1,
+            dil: 1,
+            weight: Vec::new(),
+            bias: Vec::new(),
+        };
+        WinogradConv { isa, mr, cin, cout, blocks, u, patch }
     }
 
     /// Floats of per-thread scratch: transformed inputs (16 × cin × NR), patches and GEMM results.
     pub fn scratch_len(&self, _p: &ConvParam, _n: usize, _h: usize, _w: usize, _g: &Graph) -> usize {
         let nr = self.isa.nr();
+        if self.isa == Isa::Avx512 {
+            // gathered patches, transformed patches, GEMM results
+            return 2 * 16 * self.cin * nr + 16 * MAX_TILE;
+        }
         16 * self.cin * nr + 16 * nr + 16 * MAX_TILE
     }
 
@@ -66,7 +87,7 @@ impl WinogradConv {
         assert_eq!((xs.c, ys.c), (self.cin, self.cout));
         assert_eq!((p.cin, p.cout), (self.cin, self.cout));
         assert_eq!((xs.h, xs.w), (ys.h, ys.w));
-        let (isa, mr, nr) = (self.isa, self.isa.mr(), self.isa.nr());
+        let (isa, mr, nr) = (self.isa, self.mr, self.isa.nr());
         let workers = rayon::current_num_threads();
         let per = self.scratch_len(p, 0, 0, 0, &Graph::default());
         assert!(scratch.len() >= workers * per, "winograd scratch too small");
@@ -85,12 +106,19 @@ impl WinogradConv {
             assert!(me < workers, "conv run outside the pool it was sized for");
             // SAFETY: each worker thread uses only its own slice of the scratch.
             let s = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(me * per), per) };
+            let b0 = group * per_group;
+            let blocks = b0..(b0 + per_group).min(self.blocks);
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 {
+                // SAFETY: the isa was detected; the views are live for the whole conv.
+                unsafe { self.task_avx512(x, x_add, i, t0, cnt, tw, blocks, y, &ep, &p.bias, s) };
+                return;
+            }
             let (v, rest) = s.split_at_mut(16 * self.cin * nr);
             let (d, m) = rest.split_at_mut(16 * nr);
             self.transform_input(x, x_add, i, t0, cnt, tw, v, d);
             let mut tile = [0.0f32; MAX_TILE];
-            let b0 = group * per_group;
-            for blk in b0..(b0 + per_group).min(self.blocks) {
+            for blk in blocks {
                 for pos in 0..16 {
                     let w = &self.u[(pos * self.blocks + blk) * self.cin * mr..];
                     // SAFETY: w holds cin·mr floats, v[pos] cin·nr; the isa was detected.
@@ -155,7 +183,7 @@ impl WinogradConv {
     /// Aᵀ·M·A for rows blk·MR.. of every tile in the panel, through the epilogue into y.
     #[allow(clippy::too_many_arguments)]
     fn transform_output(&self, p: &ConvParam, m: &[f32], blk: usize, i: usize, t0: usize, cnt: usize, tw: usize, y: Out, ep: &Epilogue) {
-        let (mr, nr) = (self.isa.mr(), self.isa.nr());
+        let (mr, nr) = (self.mr, self.isa.nr());
         let ys = y.shape;
         // SAFETY (planes): views are live; this task is the only writer of these rows' tiles.
         let scale = ep.scale.map(|s| unsafe { s.plane(i, 0) });
@@ -203,5 +231,132 @@ impl WinogradConv {
             }
         }
     }
-}
 
+    /// One panel of up to 32 tiles (t0 .. t0 + cnt of image i) for the row blocks `blocks`, with
+    /// AVX-512: the patches are gathered as a stride-2 4×4 conv's taps, transformed 16 lanes at a time,
+    /// the 16 GEMMs write straight into `m`, and the output transform interleaves each tile's two
+    /// columns in registers so every output row segment is one masked store through the epilogue.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn task_avx512(
+        &self,
+        x: In,
+        x_add: Option<In>,
+        i: usize,
+        t0: usize,
+        cnt: usize,
+        tw: usize,
+        blocks: std::ops::Range<usize>,
+        y: Out,
+        ep: &Epilogue,
+        bias: &[f32],
+        s: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        const NR: usize = 32;
+        let (cin, mr) = (self.cin, self.mr);
+        let (cols, rest) = s.split_at_mut(16 * cin * NR);
+        let (v, m) = rest.split_at_mut(16 * cin * NR);
+        super::implicit_gemm::gather_stride2_avx512(&self.patch, x, x_add, i, t0, cnt, tw, 0..cin, cols);
+        // V = Bᵀ·d·B per channel; Bᵀ = [[1,0,−1,0],[0,1,1,0],[0,−1,1,0],[0,1,0,−1]].
+        for c in 0..cin {
+            for h in 0..2 {
+                let d = |pos: usize| _mm512_loadu_ps(cols.as_ptr().add((c * 16 + pos) * NR + 16 * h));
+                let mut t = [_mm512_setzero_ps(); 16];
+                for q in 0..4 {
+                    let (d0, d1, d2, d3) = (d(q), d(4 + q), d(8 + q), d(12 + q));
+                    t[q] = _mm512_sub_ps(d0, d2);
+                    t[4 + q] = _mm512_add_ps(d1, d2);
+                    t[8 + q] = _mm512_sub_ps(d2, d1);
+                    t[12 + q] = _mm512_sub_ps(d1, d3);
+                }
+                for r in 0..4 {
+                    let (a0, a1, a2, a3) = (t[r * 4], t[r * 4 + 1], t[r * 4 + 2], t[r * 4 + 3]);
+                    let out = [_mm512_sub_ps(a0, a2), _mm512_add_ps(a1, a2), _mm512_sub_ps(a2, a1), _mm512_sub_ps(a1, a3)];
+                    for (q, val) in out.into_iter().enumerate() {
+                        _mm512_storeu_ps(v.as_mut_ptr().add(((r * 4 + q) * cin + c) * NR + 16 * h), val);
+                    }
+                }
+            }
+        }
+        let ys = y.shape;
+        let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let zero = _mm512_setzero_ps();
+        for blk in blocks {
+            for pos in 0..16 {
+                let w = self.u.as_ptr().add((pos * self.blocks + blk) * cin * mr);
+                microkernel::run(Isa::Avx512, mr, cin, w, v.as_ptr().add(pos * cin * NR), m.as_mut_ptr().add(pos * MAX_TILE), false);
+            }
+            for r in 0..mr.min(self.cout - blk * mr) {
+                let o = blk * mr + r;
+                // z[dy][e]: output row dy of the panel's tiles, tile columns interleaved (element e = 2·lane + dx).
+                let mut z = [[zero; 4]; 2];
+                for h in 0..2 {
+                    let mm = |pos: usize| _mm512_loadu_ps(m.as_ptr().add(pos * MAX_TILE + r * NR + 16 * h));
+                    // t = Aᵀ·M, out = t·A; Aᵀ = [[1,1,1,0],[0,1,−1,−1]].
+                    let mut t = [[zero; 4]; 2];
+                    for q in 0..4 {
+                        let (m0, m1, m2, m3) = (mm(q), mm(4 + q), mm(8 + q), mm(12 + q));
+                        t[0][q] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                        t[1][q] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+                    }
+                    for dy in 0..2 {
+                        let [a0, a1, a2, a3] = t[dy];
+                        let o0 = _mm512_add_ps(_mm512_add_ps(a0, a1), a2);
+                        let o1 = _mm512_sub_ps(_mm512_sub_ps(a1, a2), a3);
+                        z[dy][2 * h] = _mm512_permutex2var_ps(o0, lo_idx, o1);
+                        z[dy][2 * h + 1] = _mm512_permutex2var_ps(o0, hi_idx, o1);
+                    }
+                }
+                let dst = y.ptr.add(ys.plane(i, o));
+                let res = ep.residual.map(|v| v.ptr.add(v.shape.plane(i, o)));
+                let mul = ep.mul.map(|v| v.ptr.add(v.shape.plane(i, o)));
+                let scale = ep.scale.map(|v| v.ptr.add(v.shape.plane(i, 0)));
+                let b = _mm512_set1_ps(bias[o]);
+                let mut j = 0;
+                while j < cnt {
+                    let (ty, tx0) = ((t0 + j) / tw, (t0 + j) % tw);
+                    let len = (tw - tx0).min(cnt - j);
+                    // Element e of the interleaved row is output column base + e, for 2j ≤ e < 2(j + len).
+                    let base = 2 * tx0 as isize - 2 * j as isize;
+                    let hi = (2 * (j + len) as isize).min(ys.w as isize - base).max(2 * j as isize) as u32;
+                    let upto = if hi >= 64 { u64::MAX } else { (1u64 << hi) - 1 };
+                    let mask = upto & !((1u64 << (2 * j)) - 1);
+                    for (dy, zr) in z.iter().enumerate() {
+                        let oy = 2 * ty + dy;
+                        if oy >= ys.h {
+                            break;
+                        }
+                        let at = (oy * ys.w) as isize + base;
+                        for (q, &zv) in zr.iter().enumerate() {
+                            let mk = (mask >> (16 * q)) as u16;
+                            if mk == 0 {
+                                continue;
+                            }
+                            let off = at + 16 * q as isize;
+                            // Masked-off lanes are never dereferenced, so the offsets may point outside the plane.
+                            let mut val = zv;
+                            if let Some(sc) = scale {
+                                val = _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mk, sc.wrapping_offset(off)));
+                            }
+                            val = _mm512_add_ps(val, b);
+                            if let Some(rp) = res {
+                                val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mk, rp.wrapping_offset(off)));
+                            }
+                            if ep.relu {
+                                val = _mm512_max_ps(val, zero);
+                            }
+                            if let Some(mp) = mul {
+                                val = _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mk, mp.wrapping_offset(off)));
+                            }
+                            _mm512_mask_storeu_ps(dst.wrapping_offset(off), mk, val);
+                        }
+                    }
+                    j += len;
+                }
+            }
+        }
+    }
+}
