@@ -246,7 +246,7 @@ fn tiny_model_engine_matches_reference_executor() {
 #[test]
 fn max_pool_matches_reference() {
     let mut rng = Rng(17);
-    for (n, c, h, w, k, s, p) in [(2, 3, 13, 17, 3, 2, 1), (1, 5, 8, 8, 3, 2, 1), (1, 2, 7, 5, 2, 2, 0), (1, 1, 1, 3, 3, 2, 1)] {
+    for (n, c, h, w, k, s, p) in [(2, 3, 13, 17, 3, 2, 1), (1, 5, 8, 8, 3, 2, 1), (1, 2, 7, 5, 2, 2, 0), (1, 1, 1, 3, 3, 2, 1), (1, 3, 46, 38, 3, 2, 1)] {
         let mut x = rng.vec(n * c * h * w);
         let mid = x.len() / 2;
         x[mid] = f32::NAN; // NaN propagates as in PyTorch
@@ -273,6 +273,9 @@ fn avg_pool_matches_reference() {
         (1, 2, 7, 5, 3, 1, 1, false, false),
         (1, 1, 1, 3, 3, 2, 1, true, true),
         (1, 3, 11, 9, 3, 2, 1, true, false),
+        (2, 3, 45, 37, 2, 2, 0, true, false),
+        (1, 3, 46, 38, 3, 2, 1, false, true),
+        (1, 3, 40, 35, 3, 1, 1, false, true),
     ] {
         let x = rng.vec(n * c * h * w);
         let (oh, ow) = (ops::pool_out_size(h, k, s, p, ceil), ops::pool_out_size(w, k, s, p, ceil));

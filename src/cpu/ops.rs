@@ -27,9 +27,14 @@ pub fn pool_out_size(size: usize, k: usize, s: usize, p: usize, ceil: bool) -> u
 pub fn max_pool(x: In, y: Out, k: usize, s: usize, p: usize) {
     let (xs, ys) = (x.shape, y.shape);
     assert_eq!((xs.n, xs.c), (ys.n, ys.c));
+    let fast = pool_avx512(s);
     for_each_plane(xs.n, xs.c, |i, ch| unsafe {
         let src = x.plane(i, ch);
         let dst = y.plane(i, ch);
+        #[cfg(target_arch = "x86_64")]
+        if fast && pool_plane_avx512(src, xs.h, xs.w, dst, ys.h, ys.w, k, s, p, PoolKind::Max) {
+            return;
+        }
         let nan = src.iter().fold(false, |a, v| a | v.is_nan());
         let mut tmp = vec![f32::NEG_INFINITY; xs.w];
         for oy in 0..ys.h {
@@ -113,9 +118,14 @@ pub fn max_pool_reference(x: In, y: Out, k: usize, s: usize, p: usize) {
 pub fn avg_pool(x: In, y: Out, k: usize, s: usize, p: usize, count_include_pad: bool) {
     let (xs, ys) = (x.shape, y.shape);
     assert_eq!((xs.n, xs.c), (ys.n, ys.c));
+    let fast = pool_avx512(s);
     for_each_plane(xs.n, xs.c, |i, ch| unsafe {
         let src = x.plane(i, ch);
         let dst = y.plane(i, ch);
+        #[cfg(target_arch = "x86_64")]
+        if fast && pool_plane_avx512(src, xs.h, xs.w, dst, ys.h, ys.w, k, s, p, PoolKind::Avg { count_include_pad }) {
+            return;
+        }
         let mut tmp = vec![0.0f32; xs.w];
         for oy in 0..ys.h {
             let hs = (oy * s) as i64 - p as i64;
@@ -139,6 +149,109 @@ pub fn avg_pool(x: In, y: Out, k: usize, s: usize, p: usize, count_include_pad: 
             }
         }
     });
+}
+
+/// Whether the AVX-512 pooling path applies: strides 1 and 2 on a CPU with AVX-512F.
+fn pool_avx512(s: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (s == 1 || s == 2) && std::is_x86_feature_detected!("avx512f") && super::microkernel::Isa::detect() == super::microkernel::Isa::Avx512
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = s;
+        false
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum PoolKind {
+    Max,
+    Avg { count_include_pad: bool },
+}
+
+thread_local! {
+    /// One padded row per worker thread for the AVX-512 pools (no allocation per plane).
+    static POOL_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One plane of a max or average pool with stride 1 or 2, separably: per output row, the column-wise
+/// max or sum of its window rows goes into a padded row (−∞ or 0 in the padding), then each output
+/// is the max or sum over k entries of that row, 16 outputs per step (stride 2 keeps the even lanes of
+/// two loads). Same terms as the scalar separable path. Returns false, having written nothing final,
+/// when the plane holds a NaN (the caller's per-window path propagates it as PyTorch does).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn pool_plane_avx512(src: &[f32], h: usize, w: usize, dst: &mut [f32], oh: usize, ow: usize, k: usize, s: usize, p: usize, kind: PoolKind) -> bool {
+    use std::arch::x86_64::*;
+    let max = kind == PoolKind::Max;
+    let fill = if max { f32::NEG_INFINITY } else { 0.0 };
+    let len = p + w + s * ow + k + 64;
+    POOL_ROW.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < len + ow + 16 {
+            buf.resize(len + ow + 16, 0.0);
+        }
+        let (row, cols) = buf.split_at_mut(len);
+        row.fill(fill);
+        // Window width per output column (what the average divides by, with the window's row count).
+        if let PoolKind::Avg { count_include_pad } = kind {
+            for (ox, c) in cols.iter_mut().enumerate().take(ow) {
+                let ws = (ox * s) as i64 - p as i64;
+                let we = (ws + k as i64).min((w + p) as i64);
+                *c = if count_include_pad { we - ws } else { we.min(w as i64) - ws.max(0) } as f32;
+            }
+        }
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let mut nan: u16 = 0;
+        for oy in 0..oh {
+            let hs = (oy * s) as i64 - p as i64;
+            let he = (hs + k as i64).min((h + p) as i64);
+            let (ya, yb) = (hs.max(0) as usize, he.clamp(0, h as i64) as usize);
+            // The next output row's new input rows, a row ahead: these planes come from L3 in short
+            // row-long streams that the hardware prefetcher barely starts on.
+            for yy in yb..(yb + s).min(h) {
+                let r = src.as_ptr().add(yy * w);
+                for c in (0..w).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(r.add(c) as *const i8);
+                }
+            }
+            // Column pass into row[p .. p + w].
+            let mut x0 = 0;
+            while x0 < w {
+                let m: u16 = if w - x0 >= 16 { 0xffff } else { ((1u32 << (w - x0)) - 1) as u16 };
+                let mut acc = _mm512_set1_ps(fill);
+                for yy in ya..yb {
+                    let v = _mm512_maskz_loadu_ps(m, src.as_ptr().add(yy * w + x0));
+                    nan |= _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(m, v, v);
+                    acc = if max { _mm512_max_ps(acc, v) } else { _mm512_add_ps(acc, v) };
+                }
+                _mm512_mask_storeu_ps(row.as_mut_ptr().add(p + x0), m, acc);
+                x0 += 16;
+            }
+            let rows = if let PoolKind::Avg { count_include_pad: true } = kind { he - hs } else { (yb - ya) as i64 };
+            // Row pass: out[ox] = reduce over kx of row[ox·s + kx].
+            let mut o0 = 0;
+            while o0 < ow {
+                let m: u16 = if ow - o0 >= 16 { 0xffff } else { ((1u32 << (ow - o0)) - 1) as u16 };
+                let mut acc = _mm512_set1_ps(fill);
+                for kx in 0..k {
+                    let at = row.as_ptr().add(o0 * s + kx);
+                    let v = if s == 1 { _mm512_loadu_ps(at) } else { _mm512_permutex2var_ps(_mm512_loadu_ps(at), even, _mm512_loadu_ps(at.add(16))) };
+                    acc = if max { _mm512_max_ps(acc, v) } else { _mm512_add_ps(acc, v) };
+                }
+                if !max {
+                    // rows · cols is a small integer, exact in f32, so this is the reference's division.
+                    let div = _mm512_mul_ps(_mm512_set1_ps(rows as f32), _mm512_maskz_loadu_ps(m, cols.as_ptr().add(o0)));
+                    acc = _mm512_maskz_div_ps(m, acc, div);
+                }
+                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(oy * ow + o0), m, acc);
+                o0 += 16;
+            }
+        }
+        nan == 0
+    })
 }
 
 /// The original per-window AvgPool2d loop (PyTorch's summation order), the reference for `avg_pool`.
