@@ -13,7 +13,7 @@ pub mod winograd;
 
 use crate::engine::{check_input, Engine, Outputs};
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Node, View};
+use crate::graph::{ConvParam, Graph, Node, View};
 use crate::weights::Tensor;
 use implicit_gemm::PackedConv;
 use microkernel::Isa;
@@ -38,14 +38,38 @@ pub enum ConvKernel {
     /// 3×3, stride 1, dilation 1, padding 1 (AVX-512 only): Winograd F(2×2, 3×3) on maps of at
     /// least 16×16, the implicit GEMM on smaller ones (where 2×2 tiles and 32-tile panels waste too much).
     Winograd(WinogradConv, PackedConv),
-    /// 1×1, stride 1, unpadded: the input planes already are the GEMM's right-hand matrix, and the
-    /// `gemm` crate's cache-blocked kernels beat ours there by 1.3–2.3× (criterion `conv/1x1_*`).
-    Pointwise,
+    /// 1×1, stride 1, unpadded: the input planes already are the GEMM's right-hand matrix. The `gemm`
+    /// crate's cache-blocked kernels beat our implicit GEMM on most of these shapes by 3–18 %, but not
+    /// on deep, narrow ones (K ≥ 1024 with ≤ 512 outputs: 1.06–1.9× slower) nor on ≤ 64 outputs over
+    /// ≥ 4096 pixels (1.1×); for those the packed weights are kept and `use_implicit_gemm` picks them.
+    Pointwise(Option<PackedConv>),
     /// Everything else: implicit GEMM.
     Gemm(PackedConv),
 }
 
-/// Finds the steps of a graph (see `Step::AttentionConv` for the one fusion).
+/// The graph's nodes, each moved as early as its inputs allow (a stable list schedule). A branch then
+/// runs right after the layer that feeds it (the edge convs after layer1, each RFB after its stage),
+/// while that layer's output is still in cache, instead of re-reading it from L3 at the end.
+fn early_order(g: &Graph) -> Vec<usize> {
+    let mut order: Vec<usize> = Vec::with_capacity(g.nodes.len());
+    for (i, node) in g.nodes.iter().enumerate() {
+        let (reads, writes) = node_views(node);
+        // After every placed node that writes what this one reads, or touches what it writes.
+        let after = order
+            .iter()
+            .rposition(|&j| {
+                let (r2, w2) = node_views(&g.nodes[j]);
+                let overlap = |a: &View, b: &View| a.buf == b.buf && a.c_off < b.c_off + b.c && b.c_off < a.c_off + a.c;
+                reads.iter().any(|r| w2.iter().any(|w| overlap(r, w)))
+                    || writes.iter().any(|w| w2.iter().chain(&r2).any(|o| overlap(w, o)))
+            })
+            .map_or(0, |p| p + 1);
+        order.insert(after, i);
+    }
+    order
+}
+
+/// Finds the steps of a graph: its nodes in `early_order`, with the one fusion of `Step::AttentionConv`.
 pub fn plan_steps(g: &Graph) -> Vec<Step> {
     let mut reads = vec![0usize; g.bufs.len()];
     for node in &g.nodes {
@@ -56,21 +80,24 @@ pub fn plan_steps(g: &Graph) -> Vec<Step> {
     for (_, b) in &g.outputs {
         reads[*b] += 1;
     }
+    let order = early_order(g);
     let mut steps = Vec::with_capacity(g.nodes.len());
-    let mut i = 0;
-    while i < g.nodes.len() {
-        if let (Node::ReverseAttention { y: att, .. }, Some(Node::Conv { conv, x, x_add: None, .. })) = (&g.nodes[i], g.nodes.get(i + 1)) {
+    let mut at = 0;
+    while at < order.len() {
+        let i = order[at];
+        let next = order.get(at + 1).map(|&j| (j, &g.nodes[j]));
+        if let (Node::ReverseAttention { y: att, .. }, Some((j, Node::Conv { conv, x, x_add: None, .. }))) = (&g.nodes[i], next) {
             let p = &g.convs[*conv];
             let pointwise = p.kh == 1 && p.kw == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0;
             let whole = att.c_off == 0 && att.c == g.bufs[att.buf].c;
             if pointwise && x == att && whole && reads[att.buf] == 1 {
-                steps.push(Step::AttentionConv { ra: i, conv: i + 1 });
-                i += 2;
+                steps.push(Step::AttentionConv { ra: i, conv: j });
+                at += 2;
                 continue;
             }
         }
         steps.push(Step::Node(i));
-        i += 1;
+        at += 1;
     }
     steps
 }
@@ -118,7 +145,7 @@ impl CpuEngine {
             .build()
             .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
         // Winograd F(2×2, 3×3) on AVX-512, where its transforms are vectorised: 1.3–1.9× faster than the
-        // implicit GEMM on this network's 3×3 convs at 22×22 and up (examples-free criterion `conv/3x3_*`).
+        // implicit GEMM on this network's 3×3 convs at 22×22 and up (criterion `conv/3x3_*`).
         // `INFNET_WINOGRAD=0` turns it off (for comparisons); other ISAs keep the implicit GEMM.
         let winograd_on = isa == Isa::Avx512 && std::env::var("INFNET_WINOGRAD").as_deref() != Ok("0");
         let kernels = pool.install(|| {
@@ -128,8 +155,9 @@ impl CpuEngine {
                 .par_iter()
                 .map(|p| {
                     let pointwise = p.kh == 1 && p.kw == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0;
-                    if pointwise && std::env::var("INFNET_PW").as_deref() != Ok("own") {
-                        ConvKernel::Pointwise
+                    if pointwise {
+                        let narrow = (p.cin >= 1024 && p.cout <= 512) || p.cout <= 64;
+                        ConvKernel::Pointwise((isa == Isa::Avx512 && narrow).then(|| PackedConv::new(p, isa)))
                     } else if winograd_on && WinogradConv::applies(p) {
                         ConvKernel::Winograd(WinogradConv::new(p, isa), PackedConv::new(p, isa))
                     } else {
@@ -190,7 +218,10 @@ fn run_node(g: &Graph, node: &Node, kernels: &[ConvKernel], plan: &mut Plan, sca
             let p = &g.convs[conv];
             match &kernels[conv] {
                 ConvKernel::Gemm(pk) => implicit_gemm::conv2d(p, pk, xi, xa, yo, ep, plan.scratch()),
-                ConvKernel::Pointwise => {
+                ConvKernel::Pointwise(Some(pk)) if pointwise_prefers_implicit_gemm(p, yo.shape.hw()) => {
+                    implicit_gemm::conv2d(p, pk, xi, xa, yo, ep, plan.scratch())
+                }
+                ConvKernel::Pointwise(_) => {
                     let threads = rayon::current_num_threads();
                     conv::conv2d_im2col(p, xi, xa, yo, ep, plan.scratch(), threads)
                 }
@@ -205,6 +236,12 @@ fn run_node(g: &Graph, node: &Node, kernels: &[ConvKernel], plan: &mut Plan, sca
         Node::Resize { x, y, mode } => ops::resize_bilinear(plan.input(g, x), plan.output(g, y), mode),
         Node::ReverseAttention { map, x, y } => ops::reverse_attention(plan.input(g, map), plan.input(g, x), plan.output(g, y)),
     }
+}
+
+/// Where our implicit GEMM beats the `gemm` crate on a 1×1 conv over `hw` output pixels (2 threads;
+/// `cargo bench --bench cpu_forward conv/1x1` times both on these shapes; see `ConvKernel::Pointwise`).
+fn pointwise_prefers_implicit_gemm(p: &ConvParam, hw: usize) -> bool {
+    (p.cin >= 1024 && p.cout <= 512) || (p.cout <= 64 && hw >= 4096)
 }
 
 impl Engine for CpuEngine {
@@ -228,7 +265,7 @@ impl Engine for CpuEngine {
                 .map(|(k, p)| match k {
                     ConvKernel::Gemm(pk) => pk.panel_len(),
                     ConvKernel::Winograd(wk, pk) => wk.scratch_len(p, n, h, w, &self.graph).max(pk.panel_len()),
-                    ConvKernel::Pointwise => 0,
+                    ConvKernel::Pointwise(pk) => pk.as_ref().map_or(0, |pk| pk.panel_len()),
                 })
                 .max()
                 .unwrap_or(0);
@@ -238,7 +275,7 @@ impl Engine for CpuEngine {
                 .nodes
                 .iter()
                 .filter_map(|node| match node {
-                    Node::Conv { conv, x, x_add: Some(_), .. } if matches!(self.kernels[*conv], ConvKernel::Pointwise) => {
+                    Node::Conv { conv, x, x_add: Some(_), .. } if matches!(self.kernels[*conv], ConvKernel::Pointwise(_)) => {
                         let d = self.graph.bufs[x.buf].div;
                         Some(conv::scratch_len(&self.graph.convs[*conv], h / d, w / d, true))
                     }
