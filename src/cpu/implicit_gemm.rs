@@ -88,11 +88,17 @@ pub fn conv2d(p: &ConvParam, pk: &PackedConv, x: In, x_add: Option<In>, y: Out, 
     let pixels = ys.hw();
     let panels = pixels.div_ceil(nr);
     let total = xs.n * panels;
-    // Enough tasks to balance the threads; row-block groups only when the panels alone are too few.
-    let groups = if total >= 4 * workers { 1 } else { pk.blocks.min((4 * workers).div_ceil(total)) };
+    let (groups, panels_per_task) = if total <= 4 {
+        // A handful of panels (one 11×11 image): every thread takes a share of the row blocks over
+        // all panels, so each weight is read once per conv rather than once per panel.
+        (pk.blocks.min(workers), total.min(pk.max_chunk()))
+    } else {
+        // Enough tasks to balance the threads; row-block groups only when the panels alone are too
+        // few; several tasks per thread for balance, each as many panels as the gather buffer holds.
+        let groups = if total >= 4 * workers { 1 } else { pk.blocks.min((4 * workers).div_ceil(total)) };
+        (groups, pk.max_chunk().min((total / (4 * workers)).max(1)))
+    };
     let blocks_per_group = pk.blocks.div_ceil(groups);
-    // Several tasks per thread for balance, each as many panels as the gather buffer holds.
-    let panels_per_task = pk.max_chunk().min((total / (4 * workers)).max(1));
     let chunks = total.div_ceil(panels_per_task);
     let k_chunks = pk.k_chunks();
     let gather_len = pk.max_chunk() * pk.ci_chunk * pk.taps * nr;
