@@ -5,7 +5,7 @@ use infnet::cpu::conv::{conv2d_im2col, conv2d_reference, scratch_len, Epilogue};
 use infnet::cpu::implicit_gemm::{self, PackedConv};
 use infnet::cpu::microkernel::Isa;
 use infnet::cpu::tensor::{In, Out, Shape};
-use infnet::cpu::winograd::WinogradConv;
+use infnet::cpu::winograd::{WinogradConv, WinogradF4};
 use infnet::cpu::{ops, plan_steps, CpuEngine, Step};
 use infnet::graph::{ConvParam, Graph, Node, View};
 use infnet::model::synthetic::{state_dict, Spec};
@@ -166,6 +166,27 @@ fn winograd_matches_reference() {
                         pool.install(|| wk.run(&p, x, xa, y, ep, &mut scratch.clone()))
                     });
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn winograd_f4_matches_reference() {
+    if !Isa::all_supported().contains(&Isa::Avx512) {
+        println!("skipped: Winograd F(4×4) runs on AVX-512 only and this CPU has none");
+        return;
+    }
+    let mut rng = Rng(23);
+    let pool = pool();
+    for (cin, cout) in [(11, 13), (3, 1), (17, 9), (40, 21), (26, 26)] {
+        let p = param(&mut rng, cin, cout, 3, 3, 1, 1, 1, 1);
+        assert!(WinogradF4::available(&p, Isa::Avx512));
+        let wk = WinogradF4::new(&p);
+        let scratch = vec![0.0; 2 * WinogradF4::scratch_len_for(cin)];
+        for v in VARIANTS {
+            for (n, h, w) in [(3, 13, 17), (1, 1, 1), (2, 2, 5), (1, 11, 11), (1, 44, 44), (1, 6, 41)] {
+                check(&p, n, h, w, v, "Winograd F(4×4)", &|x, xa, y, ep| pool.install(|| wk.run(&p, x, xa, y, ep, &mut scratch.clone())));
             }
         }
     }

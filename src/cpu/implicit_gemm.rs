@@ -372,6 +372,73 @@ pub(crate) unsafe fn gather_stride2_avx512(p: &ConvParam, x: In, x_add: Option<I
     }
 }
 
+/// The stride-4 counterpart of `gather_stride2_avx512` (Winograd F(4×4)'s 6×6 patches): panel lane t
+/// reads input column c0 + 4t, so each tap loads the 128 columns from c0 and keeps every fourth with
+/// four two-register permutes and two 128-bit-lane shuffles.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn gather_stride4_avx512(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, ow: usize, cis: std::ops::Range<usize>, cols: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const NR: usize = 32;
+    const MAX_KW: usize = 16;
+    let xs = x.shape;
+    let (taps, ci0) = (p.kh * p.kw, cis.start);
+    assert!(p.stride == 4 && p.kw <= MAX_KW && cols.len() >= cis.len() * taps * NR);
+    let every4 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    let out = cols.as_mut_ptr();
+    let mut j = 0;
+    while j < cnt {
+        let (oy, ox0) = ((p0 + j) / ow, (p0 + j) % ow);
+        let len = (ow - ox0).min(cnt - j);
+        let last = j + len >= cnt;
+        let store_mask: u32 = {
+            let upto = if last { NR } else { j + len };
+            (((1u64 << upto) - 1) & !((1u64 << j) - 1)) as u32
+        };
+        let (sm0, sm1) = (store_mask as u16, (store_mask >> 16) as u16);
+        // Element e of the 128-float window from c0 is lane e / 4 when e % 4 == 0.
+        let mut load_mask = [0u128; MAX_KW];
+        let mut off = [0isize; MAX_KW];
+        for kx in 0..p.kw {
+            let c0 = 4 * ox0 as isize - 4 * j as isize + (kx * p.dil) as isize - p.pad_w as isize;
+            let lo = (-c0).clamp(4 * j as isize, 4 * (j + len) as isize) as u32;
+            let hi = (xs.w as isize - c0).clamp(lo as isize, 4 * (j + len) as isize) as u32;
+            let upto = if hi >= 128 { u128::MAX } else { (1u128 << hi) - 1 };
+            load_mask[kx] = upto & !((1u128 << lo) - 1);
+            off[kx] = c0;
+        }
+        for ci in cis.clone() {
+            let src = x.ptr.add(xs.plane(i, ci));
+            let add = x_add.map(|a| a.ptr.add(a.shape.plane(i, ci)));
+            for ky in 0..p.kh {
+                let iy = (oy * 4 + ky * p.dil) as isize - p.pad_h as isize;
+                let inside = iy >= 0 && iy < xs.h as isize;
+                let row = iy * xs.w as isize;
+                for kx in 0..p.kw {
+                    let k = ((ci - ci0) * p.kh + ky) * p.kw + kx;
+                    let dst = out.add(k * NR);
+                    let m = if inside { load_mask[kx] } else { 0 };
+                    let load = |base: *const f32| {
+                        let q: [__m512; 8] = std::array::from_fn(|h| _mm512_maskz_loadu_ps((m >> (16 * h)) as u16, base.wrapping_add(16 * h)));
+                        let e: [__m512; 4] = std::array::from_fn(|h| _mm512_permutex2var_ps(q[2 * h], every4, q[2 * h + 1]));
+                        (_mm512_shuffle_f32x4::<0x44>(e[0], e[1]), _mm512_shuffle_f32x4::<0x44>(e[2], e[3]))
+                    };
+                    let (mut v0, mut v1) = load(src.wrapping_offset(row + off[kx]));
+                    if let Some(a) = add {
+                        let (a0, a1) = load(a.wrapping_offset(row + off[kx]));
+                        v0 = _mm512_add_ps(v0, a0);
+                        v1 = _mm512_add_ps(v1, a1);
+                    }
+                    _mm512_mask_storeu_ps(dst, sm0, v0);
+                    _mm512_mask_storeu_ps(dst.add(16), sm1, v1);
+                }
+            }
+        }
+        j += len;
+    }
+}
+
 /// One stride-1 run of `gather` with AVX-512 masks: out[t] = row[c0 + t] (+ add), zero where c0 + t
 /// falls outside 0..w, for t < len ≤ 32 — two masked loads and stores instead of a copy and two fills.
 #[cfg(target_arch = "x86_64")]

@@ -20,7 +20,7 @@ use microkernel::Isa;
 use plan::Plan;
 use std::sync::Arc;
 use tensor::Shape;
-use winograd::WinogradConv;
+use winograd::{WinogradConv, WinogradF4};
 
 /// What the executor runs for one or two graph nodes.
 #[derive(Clone, Copy, Debug)]
@@ -35,9 +35,10 @@ pub enum Step {
 
 /// How one conv is computed, chosen once per graph.
 pub enum ConvKernel {
-    /// 3×3, stride 1, dilation 1, padding 1 (AVX-512 only): Winograd F(2×2, 3×3) on maps of at
-    /// least 16×16, the implicit GEMM on smaller ones (where 2×2 tiles and 32-tile panels waste too much).
-    Winograd(WinogradConv, PackedConv),
+    /// 3×3, stride 1, dilation 1, padding 1 (AVX-512 only): Winograd F(4×4, 3×3) on maps of at least
+    /// 40×40 (built when a plan first needs it: its weights are 4× the conv's), F(2×2, 3×3) on maps of
+    /// at least 16×16, the implicit GEMM on smaller ones (where tiles and 32-tile panels waste too much).
+    Winograd(WinogradConv, Option<WinogradF4>, PackedConv),
     /// 1×1, stride 1, unpadded: the input planes already are the GEMM's right-hand matrix. The `gemm`
     /// crate's cache-blocked kernels beat our implicit GEMM on most of these shapes by 3–18 %, but not
     /// on deep, narrow ones (K ≥ 1024 with ≤ 512 outputs: 1.06–1.9× slower), on K ≥ 1024 over ≤ 128
@@ -160,7 +161,7 @@ impl CpuEngine {
                         let narrow = p.cin >= 1024 || p.cout <= 64;
                         ConvKernel::Pointwise((isa == Isa::Avx512 && narrow).then(|| PackedConv::new(p, isa)))
                     } else if winograd_on && WinogradConv::applies(p) {
-                        ConvKernel::Winograd(WinogradConv::new(p, isa), PackedConv::new(p, isa))
+                        ConvKernel::Winograd(WinogradConv::new(p, isa), None, PackedConv::new(p, isa))
                     } else {
                         ConvKernel::Gemm(PackedConv::new(p, isa))
                     }
@@ -226,8 +227,9 @@ fn run_node(g: &Graph, node: &Node, kernels: &[ConvKernel], plan: &mut Plan, sca
                     let threads = rayon::current_num_threads();
                     conv::conv2d_im2col(p, xi, xa, yo, ep, plan.scratch(), threads)
                 }
-                ConvKernel::Winograd(wk, _) if yo.shape.h >= 16 && yo.shape.w >= 16 => wk.run(p, xi, xa, yo, ep, plan.scratch()),
-                ConvKernel::Winograd(_, pk) => implicit_gemm::conv2d(p, pk, xi, xa, yo, ep, plan.scratch()),
+                ConvKernel::Winograd(_, Some(f4), _) if uses_f4(yo.shape.h, yo.shape.w) => f4.run(p, xi, xa, yo, ep, plan.scratch()),
+                ConvKernel::Winograd(wk, ..) if yo.shape.h >= 16 && yo.shape.w >= 16 => wk.run(p, xi, xa, yo, ep, plan.scratch()),
+                ConvKernel::Winograd(.., pk) => implicit_gemm::conv2d(p, pk, xi, xa, yo, ep, plan.scratch()),
             }
         }
         Node::MaxPool { x, y, k, s, p } => ops::max_pool(plan.input(g, x), plan.output(g, y), k, s, p),
@@ -237,6 +239,12 @@ fn run_node(g: &Graph, node: &Node, kernels: &[ConvKernel], plan: &mut Plan, sca
         Node::Resize { x, y, mode } => ops::resize_bilinear(plan.input(g, x), plan.output(g, y), mode),
         Node::ReverseAttention { map, x, y } => ops::reverse_attention(plan.input(g, map), plan.input(g, x), plan.output(g, y)),
     }
+}
+
+/// Whether a Winograd conv with an oh×ow output takes F(4×4): from 40×40 its 4×4 tiles waste ≤ 10 %
+/// (none at 44, 88, 176), and it beats F(2×2) by 1.3–1.6× (criterion `conv/3x3_*`).
+fn uses_f4(oh: usize, ow: usize) -> bool {
+    oh >= 40 && ow >= 40
 }
 
 /// Where our implicit GEMM beats the `gemm` crate on a 1×1 conv over `hw` output pixels (2 threads;
@@ -259,13 +267,28 @@ impl Engine for CpuEngine {
         let (n, h, w) = check_input(input)?;
         if !matches!(&self.plan, Some(p) if p.dims() == (n, h, w)) {
             self.plan = None; // free the old plan before allocating the new one
+            // F(4×4) weights for the Winograd convs that run on maps of 40×40 and up at this size.
+            for node in &self.graph.nodes {
+                if let Node::Conv { conv, y, .. } = *node {
+                    let d = self.graph.bufs[y.buf].div;
+                    let p = &self.graph.convs[conv];
+                    if let ConvKernel::Winograd(_, f4 @ None, _) = &mut self.kernels[conv] {
+                        if uses_f4(h / d, w / d) && WinogradF4::available(p, self.isa) {
+                            *f4 = Some(WinogradF4::new(p));
+                        }
+                    }
+                }
+            }
             let per_thread = self
                 .kernels
                 .iter()
                 .zip(&self.graph.convs)
                 .map(|(k, p)| match k {
                     ConvKernel::Gemm(pk) => pk.panel_len(),
-                    ConvKernel::Winograd(wk, pk) => wk.scratch_len(p, n, h, w, &self.graph).max(pk.panel_len()),
+                    ConvKernel::Winograd(wk, f4, pk) => {
+                        let f4 = f4.as_ref().map_or(0, |_| WinogradF4::scratch_len_for(p.cin));
+                        wk.scratch_len(p, n, h, w, &self.graph).max(pk.panel_len()).max(f4)
+                    }
                     ConvKernel::Pointwise(pk) => pk.as_ref().map_or(0, |pk| pk.panel_len()),
                 })
                 .max()

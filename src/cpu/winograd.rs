@@ -360,3 +360,273 @@ impl WinogradConv {
         }
     }
 }
+
+/// Winograd F(4×4, 3×3) (Lavin & Gray's points 0, ±1, ±2), AVX-512 only: each 4×4 output tile costs
+/// 36 multiply-adds per (in, out) channel pair instead of 144, 1.8× fewer than F(2×2), at the price of
+/// transforms with coefficients up to 8 (a few more ulps; relative L2 error stays ~1e-6) and tiles that
+/// only fit maps whose sides are multiples of 4 without waste. The engine uses it on maps of at least
+/// 40×40 (44×44 and up at 352 input) and F(2×2) on smaller ones.
+pub struct WinogradF4 {
+    mr: usize,
+    cin: usize,
+    cout: usize,
+    blocks: usize,
+    /// [pos 0..36][block][cin][MR]
+    u: Vec<f32>,
+    /// The 6×6 input patches of the tiles as the taps of a stride-4 conv.
+    patch: ConvParam,
+}
+
+const NR4: usize = 32;
+
+impl WinogradF4 {
+    /// Whether this CPU and conv can take F(4×4).
+    pub fn available(p: &ConvParam, isa: Isa) -> bool {
+        isa == Isa::Avx512 && WinogradConv::applies(p)
+    }
+
+    pub fn new(p: &ConvParam) -> WinogradF4 {
+        assert!(WinogradConv::applies(p));
+        let (mr, cin, cout) = (Isa::Avx512.mr_for(p.cout), p.cin, p.cout);
+        let blocks = cout.div_ceil(mr);
+        const G: [[f64; 3]; 6] = [
+            [0.25, 0.0, 0.0],
+            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+            [0.0, 0.0, 1.0],
+        ];
+        let mut u = vec![0.0f32; 36 * blocks * cin * mr];
+        for o in 0..cout {
+            for c in 0..cin {
+                let g = &p.weight[(o * cin + c) * 9..][..9];
+                // U = G·g·Gᵀ (6×6), in f64 so the transformed weights are rounded once.
+                let mut t = [[0.0f64; 3]; 6];
+                for (i, gi) in G.iter().enumerate() {
+                    for j in 0..3 {
+                        t[i][j] = gi[0] * g[j] as f64 + gi[1] * g[3 + j] as f64 + gi[2] * g[6 + j] as f64;
+                    }
+                }
+                for i in 0..6 {
+                    for (j, gj) in G.iter().enumerate() {
+                        let v = t[i][0] * gj[0] + t[i][1] * gj[1] + t[i][2] * gj[2];
+                        u[(((i * 6 + j) * blocks + o / mr) * cin + c) * mr + o % mr] = v as f32;
+                    }
+                }
+            }
+        }
+        let patch = ConvParam {
+            name: format!("{} (Winograd F(4×4) patches)", p.name),
+            cout: 0,
+            cin,
+            kh: 6,
+            kw: 6,
+            stride: 4,
+            pad_h: 1,
+            pad_w: 1,
+            dil: 1,
+            weight: Vec::new(),
+            bias: Vec::new(),
+        };
+        WinogradF4 { mr, cin, cout, blocks, u, patch }
+    }
+
+    /// Floats of per-thread scratch for a conv with `cin` input channels.
+    pub fn scratch_len_for(cin: usize) -> usize {
+        2 * 36 * cin * NR4 + 36 * MAX_TILE
+    }
+
+    pub fn run(&self, p: &ConvParam, x: In, x_add: Option<In>, y: Out, ep: Epilogue, scratch: &mut [f32]) {
+        let (xs, ys) = (x.shape, y.shape);
+        assert_eq!((xs.c, ys.c), (self.cin, self.cout));
+        assert_eq!((p.cin, p.cout), (self.cin, self.cout));
+        assert_eq!((xs.h, xs.w), (ys.h, ys.w));
+        #[cfg(target_arch = "x86_64")]
+        assert!(std::is_x86_feature_detected!("avx512f"), "Winograd F(4×4) needs AVX-512");
+        let workers = rayon::current_num_threads();
+        let per = WinogradF4::scratch_len_for(self.cin);
+        assert!(scratch.len() >= workers * per, "winograd scratch too small");
+        let (th, tw) = (ys.h.div_ceil(4), ys.w.div_ceil(4));
+        let tiles = th * tw;
+        let panels = tiles.div_ceil(NR4);
+        let total = xs.n * panels;
+        // Row-block groups repeat a panel's gather and input transform (heavy for 6×6 patches), so
+        // split rows only when there are fewer than two panels per thread.
+        let groups = if total >= 2 * workers { 1 } else { self.blocks.min((2 * workers).div_ceil(total)) };
+        let per_group = self.blocks.div_ceil(groups);
+        let scratch_ptr = SendPtr(scratch.as_mut_ptr());
+        (0..total * groups).into_par_iter().for_each(|task| {
+            let (t, group) = (task / groups, task % groups);
+            let (i, t0) = (t / panels, (t % panels) * NR4);
+            let cnt = NR4.min(tiles - t0);
+            let me = rayon::current_thread_index().unwrap_or(0);
+            assert!(me < workers, "conv run outside the pool it was sized for");
+            // SAFETY: each worker thread uses only its own slice of the scratch.
+            let s = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(me * per), per) };
+            let b0 = group * per_group;
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F was checked above; the views are live for the whole conv.
+            unsafe {
+                self.task(x, x_add, i, t0, cnt, tw, b0..(b0 + per_group).min(self.blocks), y, &ep, &p.bias, s)
+            };
+        });
+    }
+
+    /// One panel of up to 32 tiles for the row blocks `blocks` (see `WinogradConv::task_avx512`).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn task(
+        &self,
+        x: In,
+        x_add: Option<In>,
+        i: usize,
+        t0: usize,
+        cnt: usize,
+        tw: usize,
+        blocks: std::ops::Range<usize>,
+        y: Out,
+        ep: &Epilogue,
+        bias: &[f32],
+        s: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        const NR: usize = NR4;
+        let (cin, mr) = (self.cin, self.mr);
+        let (cols, rest) = s.split_at_mut(36 * cin * NR);
+        let (v, m) = rest.split_at_mut(36 * cin * NR);
+        super::implicit_gemm::gather_stride4_avx512(&self.patch, x, x_add, i, t0, cnt, tw, 0..cin, cols);
+        let c4 = _mm512_set1_ps(4.0);
+        let c5 = _mm512_set1_ps(5.0);
+        let c2 = _mm512_set1_ps(2.0);
+        let c8 = _mm512_set1_ps(8.0);
+        // Bᵀ·d for one column of six values.
+        let bt = |d: [__m512; 6]| -> [__m512; 6] {
+            [
+                _mm512_fmadd_ps(c4, d[0], _mm512_fnmadd_ps(c5, d[2], d[4])),
+                _mm512_fnmadd_ps(c4, _mm512_add_ps(d[1], d[2]), _mm512_add_ps(d[3], d[4])),
+                _mm512_fmadd_ps(c4, _mm512_sub_ps(d[1], d[2]), _mm512_sub_ps(d[4], d[3])),
+                _mm512_fmadd_ps(c2, _mm512_sub_ps(d[3], d[1]), _mm512_sub_ps(d[4], d[2])),
+                _mm512_fmadd_ps(c2, _mm512_sub_ps(d[1], d[3]), _mm512_sub_ps(d[4], d[2])),
+                _mm512_fmadd_ps(c4, d[1], _mm512_fnmadd_ps(c5, d[3], d[5])),
+            ]
+        };
+        // V = Bᵀ·d·B per channel.
+        for c in 0..cin {
+            for h in 0..2 {
+                let at = |pos: usize| cols.as_ptr().add((c * 36 + pos) * NR + 16 * h);
+                let mut t = [[_mm512_setzero_ps(); 6]; 6];
+                for q in 0..6 {
+                    let col = bt(std::array::from_fn(|r| _mm512_loadu_ps(at(r * 6 + q))));
+                    for r in 0..6 {
+                        t[r][q] = col[r];
+                    }
+                }
+                for (r, tr) in t.iter().enumerate() {
+                    let row = bt(*tr);
+                    for (q, val) in row.into_iter().enumerate() {
+                        _mm512_storeu_ps(v.as_mut_ptr().add(((r * 6 + q) * cin + c) * NR + 16 * h), val);
+                    }
+                }
+            }
+        }
+        // Aᵀ·m for one column of six values: Aᵀ = [[1,1,1,1,1,0],[0,1,−1,2,−2,0],[0,1,1,4,4,0],[0,1,−1,8,−8,1]].
+        let at = |m: [__m512; 6]| -> [__m512; 4] {
+            let (s12, d12) = (_mm512_add_ps(m[1], m[2]), _mm512_sub_ps(m[1], m[2]));
+            let (s34, d34) = (_mm512_add_ps(m[3], m[4]), _mm512_sub_ps(m[3], m[4]));
+            [
+                _mm512_add_ps(_mm512_add_ps(m[0], s12), s34),
+                _mm512_fmadd_ps(c2, d34, d12),
+                _mm512_fmadd_ps(c4, s34, s12),
+                _mm512_add_ps(_mm512_fmadd_ps(c8, d34, d12), m[5]),
+            ]
+        };
+        let ys = y.shape;
+        let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let pair_lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+        let pair_hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+        let zero = _mm512_setzero_ps();
+        for blk in blocks {
+            for pos in 0..36 {
+                let w = self.u.as_ptr().add((pos * self.blocks + blk) * cin * mr);
+                microkernel::run(Isa::Avx512, mr, cin, w, v.as_ptr().add(pos * cin * NR), m.as_mut_ptr().add(pos * MAX_TILE), false);
+            }
+            for r in 0..mr.min(self.cout - blk * mr) {
+                let o = blk * mr + r;
+                // z[dy][q]: output row dy of the panel's tiles, element e = 4·lane + dx over 8 registers.
+                let mut z = [[zero; 8]; 4];
+                for h in 0..2 {
+                    let mm = |pos: usize| _mm512_loadu_ps(m.as_ptr().add(pos * MAX_TILE + r * NR + 16 * h));
+                    // t = Aᵀ·M (4×6), out = t·A (4×4)
+                    let mut t = [[zero; 6]; 4];
+                    for q in 0..6 {
+                        let col = at(std::array::from_fn(|k| mm(k * 6 + q)));
+                        for dy in 0..4 {
+                            t[dy][q] = col[dy];
+                        }
+                    }
+                    for dy in 0..4 {
+                        let o4 = at(t[dy]);
+                        let (a_lo, a_hi) = (_mm512_permutex2var_ps(o4[0], lo_idx, o4[1]), _mm512_permutex2var_ps(o4[0], hi_idx, o4[1]));
+                        let (b_lo, b_hi) = (_mm512_permutex2var_ps(o4[2], lo_idx, o4[3]), _mm512_permutex2var_ps(o4[2], hi_idx, o4[3]));
+                        let inter = |a: __m512, b: __m512, idx: __m512i| {
+                            _mm512_castpd_ps(_mm512_permutex2var_pd(_mm512_castps_pd(a), idx, _mm512_castps_pd(b)))
+                        };
+                        z[dy][4 * h] = inter(a_lo, b_lo, pair_lo);
+                        z[dy][4 * h + 1] = inter(a_lo, b_lo, pair_hi);
+                        z[dy][4 * h + 2] = inter(a_hi, b_hi, pair_lo);
+                        z[dy][4 * h + 3] = inter(a_hi, b_hi, pair_hi);
+                    }
+                }
+                let dst = y.ptr.add(ys.plane(i, o));
+                let res = ep.residual.map(|v| v.ptr.add(v.shape.plane(i, o)));
+                let mul = ep.mul.map(|v| v.ptr.add(v.shape.plane(i, o)));
+                let scale = ep.scale.map(|v| v.ptr.add(v.shape.plane(i, 0)));
+                let b = _mm512_set1_ps(bias[o]);
+                let mut j = 0;
+                while j < cnt {
+                    let (ty, tx0) = ((t0 + j) / tw, (t0 + j) % tw);
+                    let len = (tw - tx0).min(cnt - j);
+                    // Element e of an interleaved row is output column base + e, for 4j ≤ e < 4(j + len).
+                    let base = 4 * tx0 as isize - 4 * j as isize;
+                    let hi = (4 * (j + len) as isize).min(ys.w as isize - base).max(4 * j as isize) as u32;
+                    let upto = if hi >= 128 { u128::MAX } else { (1u128 << hi) - 1 };
+                    let mask = upto & !((1u128 << (4 * j)) - 1);
+                    for (dy, zr) in z.iter().enumerate() {
+                        let oy = 4 * ty + dy;
+                        if oy >= ys.h {
+                            break;
+                        }
+                        let at = (oy * ys.w) as isize + base;
+                        for (q, &zv) in zr.iter().enumerate() {
+                            let mk = (mask >> (16 * q)) as u16;
+                            if mk == 0 {
+                                continue;
+                            }
+                            let off = at + 16 * q as isize;
+                            // Masked-off lanes are never dereferenced, so the offsets may point outside the plane.
+                            let mut val = zv;
+                            if let Some(sc) = scale {
+                                val = _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mk, sc.wrapping_offset(off)));
+                            }
+                            val = _mm512_add_ps(val, b);
+                            if let Some(rp) = res {
+                                val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mk, rp.wrapping_offset(off)));
+                            }
+                            if ep.relu {
+                                val = _mm512_max_ps(val, zero);
+                            }
+                            if let Some(mp) = mul {
+                                val = _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mk, mp.wrapping_offset(off)));
+                            }
+                            _mm512_mask_storeu_ps(dst.wrapping_offset(off), mk, val);
+                        }
+                    }
+                    j += len;
+                }
+            }
+        }
+    }
+}
