@@ -95,7 +95,7 @@ impl WinogradConv {
         let tiles = th * tw;
         let panels = tiles.div_ceil(nr);
         let total = xs.n * panels;
-        let groups = if total >= 4 * workers { 1 } else { self.blocks.min((4 * workers).div_ceil(total)) };
+        let groups = if total >= 2 * workers { 1 } else { self.blocks.min((2 * workers).div_ceil(total)) };
         let per_group = self.blocks.div_ceil(groups);
         let scratch_ptr = SendPtr(scratch.as_mut_ptr());
         (0..total * groups).into_par_iter().for_each(|task| {
