@@ -41,9 +41,9 @@ pub enum ConvKernel {
     Winograd(WinogradConv, Option<WinogradF4>, PackedConv),
     /// 1×1, stride 1, unpadded: the input planes already are the GEMM's right-hand matrix. The `gemm`
     /// crate's cache-blocked kernels beat our implicit GEMM on most of these shapes by 3–18 %, but not
-    /// on deep, narrow ones (K ≥ 1024 with ≤ 512 outputs: 1.06–1.9× slower), on K ≥ 1024 over ≤ 128
-    /// pixels (2048→832 at 11×11: 1.1×) nor on ≤ 64 outputs over ≥ 4096 pixels (1.1×); for those the
-    /// packed weights are kept and `pointwise_prefers_implicit_gemm` picks them.
+    /// on deep ones that narrow (K ≥ 1024 with fewer outputs than inputs: 1024→416 at 22×22, 2048→832
+    /// at 11×11, 1024→64, 2048→256: 1.06–1.9× slower) nor on ≤ 64 outputs over ≥ 4096 pixels (1.1×);
+    /// for those the packed weights are kept and `pointwise_prefers_implicit_gemm` picks them.
     Pointwise(Option<PackedConv>),
     /// Everything else: implicit GEMM.
     Gemm(PackedConv),
@@ -158,7 +158,7 @@ impl CpuEngine {
                 .map(|p| {
                     let pointwise = p.kh == 1 && p.kw == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0;
                     if pointwise {
-                        let narrow = p.cin >= 1024 || p.cout <= 64;
+                        let narrow = (p.cin >= 1024 && p.cout < p.cin) || p.cout <= 64;
                         ConvKernel::Pointwise((isa == Isa::Avx512 && narrow).then(|| PackedConv::new(p, isa)))
                     } else if winograd_on && WinogradConv::applies(p) {
                         ConvKernel::Winograd(WinogradConv::new(p, isa), None, PackedConv::new(p, isa))
@@ -250,7 +250,7 @@ fn uses_f4(oh: usize, ow: usize) -> bool {
 /// Where our implicit GEMM beats the `gemm` crate on a 1×1 conv over `hw` output pixels (2 threads;
 /// `cargo bench --bench cpu_forward conv/1x1` times both on these shapes; see `ConvKernel::Pointwise`).
 fn pointwise_prefers_implicit_gemm(p: &ConvParam, hw: usize) -> bool {
-    (p.cin >= 1024 && (p.cout <= 512 || hw <= 128)) || (p.cout <= 64 && hw >= 4096)
+    (p.cin >= 1024 && p.cout < p.cin) || (p.cout <= 64 && hw >= 4096)
 }
 
 impl Engine for CpuEngine {
