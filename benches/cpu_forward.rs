@@ -9,7 +9,7 @@ use infnet::cpu::conv::{conv2d_im2col, scratch_len, Epilogue};
 use infnet::cpu::implicit_gemm::{self, PackedConv};
 use infnet::cpu::microkernel::Isa;
 use infnet::cpu::tensor::{In, Out, Shape};
-use infnet::cpu::winograd::WinogradConv;
+use infnet::cpu::winograd::{WinogradConv, WinogradF4};
 use infnet::cpu::CpuEngine;
 use infnet::graph::ConvParam;
 use infnet::model::synthetic::{state_dict, Spec};
@@ -61,6 +61,8 @@ fn convs(c: &mut Criterion) {
         ("1x1_2048to832_11", param(2048, 832, 1, 1, 1, 0, 0, 1), 11),
         ("1x1_1024to2048_11", param(1024, 2048, 1, 1, 1, 0, 0, 1), 11),
         ("3x3_52to52_44", param(52, 52, 3, 3, 1, 1, 1, 1), 44),
+        ("3x3_64to64_88", param(64, 64, 3, 3, 1, 1, 1, 1), 88),
+        ("3x3_32to64_176", param(32, 64, 3, 3, 1, 1, 1, 1), 176),
         ("3x3_26to26_88", param(26, 26, 3, 3, 1, 1, 1, 1), 88),
         ("3x3_104to104_22", param(104, 104, 3, 3, 1, 1, 1, 1), 22),
         ("3x3s2_52to52_88", param(52, 52, 3, 3, 2, 1, 1, 1), 88),
@@ -84,7 +86,14 @@ fn convs(c: &mut Criterion) {
         if WinogradConv::applies(&p) {
             let wk = WinogradConv::new(&p, isa);
             let mut ws = vec![0.0; THREADS * wk.scratch_len(&p, 1, side, side, &Default::default())];
-            g.bench_function(format!("{name}/winograd"), |b| {
+            g.bench_function(format!("{name}/winograd_f2"), |b| {
+                b.iter(|| pool.install(|| wk.run(&p, In::new(&x, xs), None, Out::new(&mut y, ys), ep, &mut ws)))
+            });
+        }
+        if WinogradF4::available(&p, isa) {
+            let wk = WinogradF4::new(&p);
+            let mut ws = vec![0.0; THREADS * WinogradF4::scratch_len_for(p.cin)];
+            g.bench_function(format!("{name}/winograd_f4"), |b| {
                 b.iter(|| pool.install(|| wk.run(&p, In::new(&x, xs), None, Out::new(&mut y, ys), ep, &mut ws)))
             });
         }
