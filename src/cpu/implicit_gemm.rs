@@ -102,6 +102,7 @@ pub fn conv2d(p: &ConvParam, pk: &PackedConv, x: In, x_add: Option<In>, y: Out, 
     let chunks = total.div_ceil(panels_per_task);
     let k_chunks = pk.k_chunks();
     let gather_len = pk.max_chunk() * pk.ci_chunk * pk.taps * nr;
+    let pointwise = pk.taps == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0 && x_add.is_none();
     let scratch_ptr = SendPtr(scratch.as_mut_ptr());
     (0..chunks * groups).into_par_iter().for_each(|task| {
         let (chunk, group) = (task / groups, task % groups);
@@ -118,9 +119,25 @@ pub fn conv2d(p: &ConvParam, pk: &PackedConv, x: In, x_add: Option<In>, y: Out, 
             let ci1 = (ci0 + pk.ci_chunk).min(p.cin);
             let kn = (ci1 - ci0) * pk.taps;
             let one = kn * nr;
-            for (c, t) in ts.clone().enumerate() {
-                let (i, p0) = (t / panels, (t % panels) * nr);
-                gather(p, x, x_add, i, p0, nr.min(pixels - p0), nr, ys.w, ci0..ci1, isa == Isa::Avx512, &mut cols[c * one..(c + 1) * one]);
+            if pointwise {
+                // 1×1 without x_add: each input plane is read as one run over the task's panels (long
+                // sequential streams the hardware prefetcher follows) rather than 32 pixels at a time.
+                for ci in ci0..ci1 {
+                    for (c, t) in ts.clone().enumerate() {
+                        let (i, p0) = (t / panels, (t % panels) * nr);
+                        let cnt = nr.min(pixels - p0);
+                        // SAFETY: the view is live for the whole conv.
+                        let src = unsafe { &x.plane(i, ci)[p0..p0 + cnt] };
+                        let row = &mut cols[c * one + (ci - ci0) * nr..][..nr];
+                        row[..cnt].copy_from_slice(src);
+                        row[cnt..].fill(0.0);
+                    }
+                }
+            } else {
+                for (c, t) in ts.clone().enumerate() {
+                    let (i, p0) = (t / panels, (t % panels) * nr);
+                    gather(p, x, x_add, i, p0, nr.min(pixels - p0), nr, ys.w, ci0..ci1, isa == Isa::Avx512, &mut cols[c * one..(c + 1) * one]);
+                }
             }
             let last = kc + 1 == k_chunks;
             for blk in b0..b1 {
