@@ -327,10 +327,17 @@ pub fn resize_bilinear(x: In, y: Out, mode: ResizeMode) {
     assert_eq!((xs.n, xs.c), (ys.n, ys.c));
     let th = resize_taps(xs.h, ys.h, mode);
     let tw = resize_taps(xs.w, ys.w, mode);
-    for_each_plane(xs.n, xs.c, |i, ch| unsafe {
+    // Bands of output rows as well as planes, so that the one-channel side outputs (resized to the
+    // full input size, one plane each) use every thread.
+    let planes = xs.n * xs.c;
+    let bands = (4 * rayon::current_num_threads()).div_ceil(planes).clamp(1, ys.h.max(1));
+    (0..planes * bands).into_par_iter().for_each(|task| unsafe {
+        let (plane, band) = (task / bands, task % bands);
+        let (i, ch) = (plane / xs.c, plane % xs.c);
         let src = x.plane(i, ch);
         let dst = y.plane(i, ch);
-        for (oy, &(h0, h1, lh0, lh1)) in th.iter().enumerate() {
+        let rows = ys.h * band / bands..ys.h * (band + 1) / bands;
+        for (oy, &(h0, h1, lh0, lh1)) in th.iter().enumerate().skip(rows.start).take(rows.len()) {
             let r0 = &src[h0 * xs.w..(h0 + 1) * xs.w];
             let r1 = &src[h1 * xs.w..(h1 + 1) * xs.w];
             for (ox, &(w0, w1, lw0, lw1)) in tw.iter().enumerate() {
