@@ -169,15 +169,14 @@ fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usi
     let pointwise = taps == 1 && p.stride == 1 && p.pad_h == 0 && p.pad_w == 0;
     let ci0 = cis.start;
     #[cfg(target_arch = "x86_64")]
-    if avx512 && p.stride == 1 && !pointwise && nr == 32 {
+    if avx512 && nr == 32 && !pointwise && p.stride <= 2 {
         // SAFETY: the caller detected AVX-512F; the views are live for the whole conv.
-        unsafe { gather_stride1_avx512(p, x, x_add, i, p0, cnt, ow, cis, cols) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx512 && p.stride == 2 && nr == 32 {
-        // SAFETY: as above.
-        unsafe { gather_stride2_avx512(p, x, x_add, i, p0, cnt, ow, cis, cols) };
+        unsafe {
+            match p.stride {
+                1 => gather_strided_avx512::<1>(p, x, x_add, i, p0, cnt, ow, cis, cols),
+                _ => gather_strided_avx512::<2>(p, x, x_add, i, p0, cnt, ow, cis, cols),
+            }
+        }
         return;
     }
     if cnt < nr {
@@ -216,12 +215,6 @@ fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usi
                     let row = iy as usize * xs.w;
                     // Input column of run element t: ox0·s + kx·d − pad + t·s.
                     let c0 = (ox0 * p.stride + kx * p.dil) as isize - p.pad_w as isize;
-                    #[cfg(target_arch = "x86_64")]
-                    if p.stride == 1 && avx512 && len <= 32 {
-                        // SAFETY: the caller detected AVX-512F; masked lanes are neither read nor written.
-                        unsafe { run_avx512(out.as_mut_ptr(), len, src.as_ptr(), add.map(|a| a.as_ptr()), row, c0, xs.w) };
-                        continue;
-                    }
                     if p.stride == 1 {
                         let lo = (-c0).clamp(0, len as isize) as usize;
                         let hi = (xs.w as isize - c0).clamp(lo as isize, len as isize) as usize;
@@ -258,169 +251,48 @@ fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usi
     }
 }
 
-/// `gather` for stride 1 with AVX-512 (nr = 32): per run of output pixels along one row, the masks of
-/// each kx (which lanes fall inside the input row, which lanes exist) are computed once, so each tap
-/// costs two masked loads and two masked stores (four with `x_add`); zero lanes past `cnt` are
-/// written by the same stores.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-unsafe fn gather_stride1_avx512(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, ow: usize, cis: std::ops::Range<usize>, cols: &mut [f32]) {
-    use std::arch::x86_64::*;
-    const NR: usize = 32;
-    const MAX_KW: usize = 16;
-    let xs = x.shape;
-    let (taps, ci0) = (p.kh * p.kw, cis.start);
-    assert!(p.kw <= MAX_KW && cols.len() >= cis.len() * taps * NR);
-    let out = cols.as_mut_ptr();
-    let mut j = 0;
-    while j < cnt {
-        let (oy, ox0) = ((p0 + j) / ow, (p0 + j) % ow);
-        let len = (ow - ox0).min(cnt - j);
-        // Lanes j..j+len of the panel belong to this run; the last run also writes the zero tail j+len..32.
-        let last = j + len >= cnt;
-        let store_mask: u32 = {
-            let upto = if last { NR } else { j + len };
-            (((1u64 << upto) - 1) & !((1u64 << j) - 1)) as u32
-        };
-        let mut load_mask = [0u32; MAX_KW];
-        let mut off = [0isize; MAX_KW];
-        for kx in 0..p.kw {
-            // Input column of panel lane t (t in j..j+len): c0 + t, valid when inside 0..w.
-            let c0 = (ox0 + kx * p.dil) as isize - p.pad_w as isize - j as isize;
-            let lo = (-c0).clamp(j as isize, (j + len) as isize) as u32;
-            let hi = (xs.w as isize - c0).clamp(lo as isize, (j + len) as isize) as u32;
-            load_mask[kx] = (((1u64 << hi) - 1) & !((1u64 << lo) - 1)) as u32;
-            off[kx] = c0;
-        }
-        let (sm0, sm1) = (store_mask as u16, (store_mask >> 16) as u16);
-        for ci in cis.clone() {
-            let src = x.ptr.add(xs.plane(i, ci));
-            let add = x_add.map(|a| a.ptr.add(a.shape.plane(i, ci)));
-            for ky in 0..p.kh {
-                let iy = (oy + ky * p.dil) as isize - p.pad_h as isize;
-                let inside = iy >= 0 && iy < xs.h as isize;
-                let row = iy * xs.w as isize;
-                for kx in 0..p.kw {
-                    let k = ((ci - ci0) * p.kh + ky) * p.kw + kx;
-                    let dst = out.add(k * NR);
-                    let (lm0, lm1) = if inside { (load_mask[kx] as u16, (load_mask[kx] >> 16) as u16) } else { (0, 0) };
-                    // Lane t reads src[row + off + t]; masked-off lanes are never dereferenced.
-                    let base = src.wrapping_offset(row + off[kx]);
-                    let mut v0 = _mm512_maskz_loadu_ps(lm0, base);
-                    let mut v1 = _mm512_maskz_loadu_ps(lm1, base.wrapping_add(16));
-                    if let Some(a) = add {
-                        let abase = a.wrapping_offset(row + off[kx]);
-                        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(lm0, abase));
-                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(lm1, abase.wrapping_add(16)));
-                    }
-                    _mm512_mask_storeu_ps(dst, sm0, v0);
-                    _mm512_mask_storeu_ps(dst.add(16), sm1, v1);
-                }
-            }
-        }
-        j += len;
-    }
+/// Store masks (lanes 0–15, 16–31) of one run of a 32-lane panel: lanes j..j+len belong to the run, and
+/// the panel's last run (j + len = cnt) also writes the zero tail cnt..32.
+fn run_store_masks(j: usize, len: usize, cnt: usize) -> (u16, u16) {
+    let upto = if j + len >= cnt { 32 } else { j + len };
+    let m = (((1u64 << upto) - 1) & !((1u64 << j) - 1)) as u32;
+    (m as u16, (m >> 16) as u16)
 }
 
-/// `gather` for stride 2 with AVX-512 (nr = 32): panel lane t reads input column c0 + 2t, so each tap
-/// loads the 64 columns from c0 (masked to the row and to the run) and keeps the even ones with two
-/// two-register permutes.
+/// `gather` for stride S ∈ {1, 2, 4} with AVX-512 (nr = 32), one run of output pixels along one row at a
+/// time with the masks of each kx computed once per run: panel lane t reads input column c0 + S·t, so
+/// each tap loads the 32·S columns from c0 (masked to the row and to the run) and keeps every S-th —
+/// stride 2 with one two-register permute per 16 lanes, stride 4 with two permutes and a 128-bit-lane
+/// shuffle. Stride 4 serves Winograd F(4×4)'s 6×6 patches, stride 2 F(2×2)'s 4×4 ones and the
+/// stride-2 convs.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn gather_stride2_avx512(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, ow: usize, cis: std::ops::Range<usize>, cols: &mut [f32]) {
+pub(crate) unsafe fn gather_strided_avx512<const S: usize>(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, ow: usize, cis: std::ops::Range<usize>, cols: &mut [f32]) {
     use std::arch::x86_64::*;
     const NR: usize = 32;
     const MAX_KW: usize = 16;
     let xs = x.shape;
     let (taps, ci0) = (p.kh * p.kw, cis.start);
-    assert!(p.kw <= MAX_KW && cols.len() >= cis.len() * taps * NR);
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    assert!((S == 1 || S == 2 || S == 4) && p.stride == S && p.kw <= MAX_KW && cols.len() >= cis.len() * taps * NR);
+    let every = if S == 2 {
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+    } else {
+        _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0)
+    };
     let out = cols.as_mut_ptr();
     let mut j = 0;
     while j < cnt {
         let (oy, ox0) = ((p0 + j) / ow, (p0 + j) % ow);
         let len = (ow - ox0).min(cnt - j);
-        let last = j + len >= cnt;
-        let store_mask: u32 = {
-            let upto = if last { NR } else { j + len };
-            (((1u64 << upto) - 1) & !((1u64 << j) - 1)) as u32
-        };
-        let (sm0, sm1) = (store_mask as u16, (store_mask >> 16) as u16);
-        // Element e of the 64-float window from c0 is lane e / 2 when e is even.
-        let mut load_mask = [0u64; MAX_KW];
-        let mut off = [0isize; MAX_KW];
-        for kx in 0..p.kw {
-            let c0 = 2 * ox0 as isize - 2 * j as isize + (kx * p.dil) as isize - p.pad_w as isize;
-            let lo = (-c0).clamp(2 * j as isize, 2 * (j + len) as isize) as u32;
-            let hi = (xs.w as isize - c0).clamp(lo as isize, 2 * (j + len) as isize) as u32;
-            let upto = if hi >= 64 { u64::MAX } else { (1u64 << hi) - 1 };
-            load_mask[kx] = upto & !((1u64 << lo) - 1);
-            off[kx] = c0;
-        }
-        for ci in cis.clone() {
-            let src = x.ptr.add(xs.plane(i, ci));
-            let add = x_add.map(|a| a.ptr.add(a.shape.plane(i, ci)));
-            for ky in 0..p.kh {
-                let iy = (oy * 2 + ky * p.dil) as isize - p.pad_h as isize;
-                let inside = iy >= 0 && iy < xs.h as isize;
-                let row = iy * xs.w as isize;
-                for kx in 0..p.kw {
-                    let k = ((ci - ci0) * p.kh + ky) * p.kw + kx;
-                    let dst = out.add(k * NR);
-                    let m = if inside { load_mask[kx] } else { 0 };
-                    let load = |base: *const f32| {
-                        let q = [0, 1, 2, 3].map(|h| _mm512_maskz_loadu_ps((m >> (16 * h)) as u16, base.wrapping_add(16 * h)));
-                        (_mm512_permutex2var_ps(q[0], even, q[1]), _mm512_permutex2var_ps(q[2], even, q[3]))
-                    };
-                    let (mut v0, mut v1) = load(src.wrapping_offset(row + off[kx]));
-                    if let Some(a) = add {
-                        let (a0, a1) = load(a.wrapping_offset(row + off[kx]));
-                        v0 = _mm512_add_ps(v0, a0);
-                        v1 = _mm512_add_ps(v1, a1);
-                    }
-                    _mm512_mask_storeu_ps(dst, sm0, v0);
-                    _mm512_mask_storeu_ps(dst.add(16), sm1, v1);
-                }
-            }
-        }
-        j += len;
-    }
-}
-
-/// The stride-4 counterpart of `gather_stride2_avx512` (Winograd F(4×4)'s 6×6 patches): panel lane t
-/// reads input column c0 + 4t, so each tap loads the 128 columns from c0 and keeps every fourth with
-/// four two-register permutes and two 128-bit-lane shuffles.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn gather_stride4_avx512(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, ow: usize, cis: std::ops::Range<usize>, cols: &mut [f32]) {
-    use std::arch::x86_64::*;
-    const NR: usize = 32;
-    const MAX_KW: usize = 16;
-    let xs = x.shape;
-    let (taps, ci0) = (p.kh * p.kw, cis.start);
-    assert!(p.stride == 4 && p.kw <= MAX_KW && cols.len() >= cis.len() * taps * NR);
-    let every4 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
-    let out = cols.as_mut_ptr();
-    let mut j = 0;
-    while j < cnt {
-        let (oy, ox0) = ((p0 + j) / ow, (p0 + j) % ow);
-        let len = (ow - ox0).min(cnt - j);
-        let last = j + len >= cnt;
-        let store_mask: u32 = {
-            let upto = if last { NR } else { j + len };
-            (((1u64 << upto) - 1) & !((1u64 << j) - 1)) as u32
-        };
-        let (sm0, sm1) = (store_mask as u16, (store_mask >> 16) as u16);
-        // Element e of the 128-float window from c0 is lane e / 4 when e % 4 == 0.
+        let (sm0, sm1) = run_store_masks(j, len, cnt);
+        // Element e of the 32·S-float window from c0 is lane e / S when e % S == 0.
         let mut load_mask = [0u128; MAX_KW];
         let mut off = [0isize; MAX_KW];
         for kx in 0..p.kw {
-            let c0 = 4 * ox0 as isize - 4 * j as isize + (kx * p.dil) as isize - p.pad_w as isize;
-            let lo = (-c0).clamp(4 * j as isize, 4 * (j + len) as isize) as u32;
-            let hi = (xs.w as isize - c0).clamp(lo as isize, 4 * (j + len) as isize) as u32;
+            let c0 = (S * ox0) as isize - (S * j) as isize + (kx * p.dil) as isize - p.pad_w as isize;
+            let lo = (-c0).clamp((S * j) as isize, (S * (j + len)) as isize) as u32;
+            let hi = (xs.w as isize - c0).clamp(lo as isize, (S * (j + len)) as isize) as u32;
             let upto = if hi >= 128 { u128::MAX } else { (1u128 << hi) - 1 };
             load_mask[kx] = upto & !((1u128 << lo) - 1);
             off[kx] = c0;
@@ -429,7 +301,7 @@ pub(crate) unsafe fn gather_stride4_avx512(p: &ConvParam, x: In, x_add: Option<I
             let src = x.ptr.add(xs.plane(i, ci));
             let add = x_add.map(|a| a.ptr.add(a.shape.plane(i, ci)));
             for ky in 0..p.kh {
-                let iy = (oy * 4 + ky * p.dil) as isize - p.pad_h as isize;
+                let iy = (oy * S + ky * p.dil) as isize - p.pad_h as isize;
                 let inside = iy >= 0 && iy < xs.h as isize;
                 let row = iy * xs.w as isize;
                 for kx in 0..p.kw {
@@ -437,9 +309,15 @@ pub(crate) unsafe fn gather_stride4_avx512(p: &ConvParam, x: In, x_add: Option<I
                     let dst = out.add(k * NR);
                     let m = if inside { load_mask[kx] } else { 0 };
                     let load = |base: *const f32| {
-                        let q: [__m512; 8] = std::array::from_fn(|h| _mm512_maskz_loadu_ps((m >> (16 * h)) as u16, base.wrapping_add(16 * h)));
-                        let e: [__m512; 4] = std::array::from_fn(|h| _mm512_permutex2var_ps(q[2 * h], every4, q[2 * h + 1]));
-                        (_mm512_shuffle_f32x4::<0x44>(e[0], e[1]), _mm512_shuffle_f32x4::<0x44>(e[2], e[3]))
+                        let q = |h: usize| _mm512_maskz_loadu_ps((m >> (16 * h)) as u16, base.wrapping_add(16 * h));
+                        if S == 1 {
+                            (q(0), q(1))
+                        } else if S == 2 {
+                            (_mm512_permutex2var_ps(q(0), every, q(1)), _mm512_permutex2var_ps(q(2), every, q(3)))
+                        } else {
+                            let e = |h: usize| _mm512_permutex2var_ps(q(2 * h), every, q(2 * h + 1));
+                            (_mm512_shuffle_f32x4::<0x44>(e(0), e(1)), _mm512_shuffle_f32x4::<0x44>(e(2), e(3)))
+                        }
                     };
                     let (mut v0, mut v1) = load(src.wrapping_offset(row + off[kx]));
                     if let Some(a) = add {
@@ -453,30 +331,6 @@ pub(crate) unsafe fn gather_stride4_avx512(p: &ConvParam, x: In, x_add: Option<I
             }
         }
         j += len;
-    }
-}
-
-/// One stride-1 run of `gather` with AVX-512 masks: out[t] = row[c0 + t] (+ add), zero where c0 + t
-/// falls outside 0..w, for t < len ≤ 32 — two masked loads and stores instead of a copy and two fills.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_avx512(out: *mut f32, len: usize, src: *const f32, add: Option<*const f32>, row: usize, c0: isize, w: usize) {
-    use std::arch::x86_64::*;
-    let lo = (-c0).clamp(0, len as isize) as u32;
-    let hi = (w as isize - c0).clamp(lo as isize, len as isize) as u32;
-    let valid = (((1u64 << hi) - 1) & !((1u64 << lo) - 1)) as u32;
-    let lenm = ((1u64 << len) - 1) as u32;
-    let off = row as isize + c0;
-    // Pointers may point outside the plane where lanes are masked off: never dereferenced there.
-    let base = src.wrapping_offset(off);
-    let abase = add.map(|a| a.wrapping_offset(off));
-    for h in 0..len.div_ceil(16) {
-        let (mv, ml) = ((valid >> (16 * h)) as u16, (lenm >> (16 * h)) as u16);
-        let mut v = _mm512_maskz_loadu_ps(mv, base.wrapping_add(16 * h));
-        if let Some(a) = abase {
-            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mv, a.wrapping_add(16 * h)));
-        }
-        _mm512_mask_storeu_ps(out.add(16 * h), ml, v);
     }
 }
 

@@ -88,26 +88,9 @@ impl WinogradConv {
         assert_eq!((p.cin, p.cout), (self.cin, self.cout));
         assert_eq!((xs.h, xs.w), (ys.h, ys.w));
         let (isa, mr, nr) = (self.isa, self.mr, self.isa.nr());
-        let workers = rayon::current_num_threads();
         let per = self.scratch_len(p, 0, 0, 0, &Graph::default());
-        assert!(scratch.len() >= workers * per, "winograd scratch too small");
-        let (th, tw) = (ys.h.div_ceil(2), ys.w.div_ceil(2));
-        let tiles = th * tw;
-        let panels = tiles.div_ceil(nr);
-        let total = xs.n * panels;
-        let groups = if total >= 2 * workers { 1 } else { self.blocks.min((2 * workers).div_ceil(total)) };
-        let per_group = self.blocks.div_ceil(groups);
-        let scratch_ptr = SendPtr(scratch.as_mut_ptr());
-        (0..total * groups).into_par_iter().for_each(|task| {
-            let (t, group) = (task / groups, task % groups);
-            let (i, t0) = (t / panels, (t % panels) * nr);
-            let cnt = nr.min(tiles - t0);
-            let me = rayon::current_thread_index().unwrap_or(0);
-            assert!(me < workers, "conv run outside the pool it was sized for");
-            // SAFETY: each worker thread uses only its own slice of the scratch.
-            let s = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(me * per), per) };
-            let b0 = group * per_group;
-            let blocks = b0..(b0 + per_group).min(self.blocks);
+        let tw = ys.w.div_ceil(2);
+        for_each_panel(xs.n, ys.h.div_ceil(2) * tw, nr, self.blocks, per, scratch, |i, t0, cnt, blocks, s| {
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx512 {
                 // SAFETY: the isa was detected; the views are live for the whole conv.
@@ -258,7 +241,7 @@ impl WinogradConv {
         let (cin, mr) = (self.cin, self.mr);
         let (cols, rest) = s.split_at_mut(16 * cin * NR);
         let (v, m) = rest.split_at_mut(16 * cin * NR);
-        super::implicit_gemm::gather_stride2_avx512(&self.patch, x, x_add, i, t0, cnt, tw, 0..cin, cols);
+        super::implicit_gemm::gather_strided_avx512::<2>(&self.patch, x, x_add, i, t0, cnt, tw, 0..cin, cols);
         // V = Bᵀ·d·B per channel; Bᵀ = [[1,0,−1,0],[0,1,1,0],[0,−1,1,0],[0,1,0,−1]].
         for c in 0..cin {
             for h in 0..2 {
@@ -280,7 +263,6 @@ impl WinogradConv {
                 }
             }
         }
-        let ys = y.shape;
         let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         let zero = _mm512_setzero_ps();
@@ -310,52 +292,7 @@ impl WinogradConv {
                         z[dy][2 * h + 1] = _mm512_permutex2var_ps(o0, hi_idx, o1);
                     }
                 }
-                let dst = y.ptr.add(ys.plane(i, o));
-                let res = ep.residual.map(|v| v.ptr.add(v.shape.plane(i, o)));
-                let mul = ep.mul.map(|v| v.ptr.add(v.shape.plane(i, o)));
-                let scale = ep.scale.map(|v| v.ptr.add(v.shape.plane(i, 0)));
-                let b = _mm512_set1_ps(bias[o]);
-                let mut j = 0;
-                while j < cnt {
-                    let (ty, tx0) = ((t0 + j) / tw, (t0 + j) % tw);
-                    let len = (tw - tx0).min(cnt - j);
-                    // Element e of the interleaved row is output column base + e, for 2j ≤ e < 2(j + len).
-                    let base = 2 * tx0 as isize - 2 * j as isize;
-                    let hi = (2 * (j + len) as isize).min(ys.w as isize - base).max(2 * j as isize) as u32;
-                    let upto = if hi >= 64 { u64::MAX } else { (1u64 << hi) - 1 };
-                    let mask = upto & !((1u64 << (2 * j)) - 1);
-                    for (dy, zr) in z.iter().enumerate() {
-                        let oy = 2 * ty + dy;
-                        if oy >= ys.h {
-                            break;
-                        }
-                        let at = (oy * ys.w) as isize + base;
-                        for (q, &zv) in zr.iter().enumerate() {
-                            let mk = (mask >> (16 * q)) as u16;
-                            if mk == 0 {
-                                continue;
-                            }
-                            let off = at + 16 * q as isize;
-                            // Masked-off lanes are never dereferenced, so the offsets may point outside the plane.
-                            let mut val = zv;
-                            if let Some(sc) = scale {
-                                val = _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mk, sc.wrapping_offset(off)));
-                            }
-                            val = _mm512_add_ps(val, b);
-                            if let Some(rp) = res {
-                                val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mk, rp.wrapping_offset(off)));
-                            }
-                            if ep.relu {
-                                val = _mm512_max_ps(val, zero);
-                            }
-                            if let Some(mp) = mul {
-                                val = _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mk, mp.wrapping_offset(off)));
-                            }
-                            _mm512_mask_storeu_ps(dst.wrapping_offset(off), mk, val);
-                        }
-                    }
-                    j += len;
-                }
+                store_tile_rows(&z, 2, i, o, t0, cnt, tw, y, ep, bias[o]);
             }
         }
     }
@@ -444,31 +381,12 @@ impl WinogradF4 {
         assert_eq!((xs.h, xs.w), (ys.h, ys.w));
         #[cfg(target_arch = "x86_64")]
         assert!(std::is_x86_feature_detected!("avx512f"), "Winograd F(4×4) needs AVX-512");
-        let workers = rayon::current_num_threads();
-        let per = WinogradF4::scratch_len_for(self.cin);
-        assert!(scratch.len() >= workers * per, "winograd scratch too small");
-        let (th, tw) = (ys.h.div_ceil(4), ys.w.div_ceil(4));
-        let tiles = th * tw;
-        let panels = tiles.div_ceil(NR4);
-        let total = xs.n * panels;
-        // Row-block groups repeat a panel's gather and input transform (heavy for 6×6 patches), so
-        // split rows only when there are fewer than two panels per thread.
-        let groups = if total >= 2 * workers { 1 } else { self.blocks.min((2 * workers).div_ceil(total)) };
-        let per_group = self.blocks.div_ceil(groups);
-        let scratch_ptr = SendPtr(scratch.as_mut_ptr());
-        (0..total * groups).into_par_iter().for_each(|task| {
-            let (t, group) = (task / groups, task % groups);
-            let (i, t0) = (t / panels, (t % panels) * NR4);
-            let cnt = NR4.min(tiles - t0);
-            let me = rayon::current_thread_index().unwrap_or(0);
-            assert!(me < workers, "conv run outside the pool it was sized for");
-            // SAFETY: each worker thread uses only its own slice of the scratch.
-            let s = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(me * per), per) };
-            let b0 = group * per_group;
+        let tw = ys.w.div_ceil(4);
+        for_each_panel(xs.n, ys.h.div_ceil(4) * tw, NR4, self.blocks, WinogradF4::scratch_len_for(self.cin), scratch, |i, t0, cnt, blocks, s| {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX-512F was checked above; the views are live for the whole conv.
             unsafe {
-                self.task(x, x_add, i, t0, cnt, tw, b0..(b0 + per_group).min(self.blocks), y, &ep, &p.bias, s)
+                self.task(x, x_add, i, t0, cnt, tw, blocks, y, &ep, &p.bias, s)
             };
         });
     }
@@ -496,7 +414,7 @@ impl WinogradF4 {
         let (cin, mr) = (self.cin, self.mr);
         let (cols, rest) = s.split_at_mut(36 * cin * NR);
         let (v, m) = rest.split_at_mut(36 * cin * NR);
-        super::implicit_gemm::gather_stride4_avx512(&self.patch, x, x_add, i, t0, cnt, tw, 0..cin, cols);
+        super::implicit_gemm::gather_strided_avx512::<4>(&self.patch, x, x_add, i, t0, cnt, tw, 0..cin, cols);
         let c4 = _mm512_set1_ps(4.0);
         let c5 = _mm512_set1_ps(5.0);
         let c2 = _mm512_set1_ps(2.0);
@@ -542,7 +460,6 @@ impl WinogradF4 {
                 _mm512_add_ps(_mm512_fmadd_ps(c8, d34, d12), m[5]),
             ]
         };
-        let ys = y.shape;
         let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         let pair_lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
@@ -580,53 +497,100 @@ impl WinogradF4 {
                         z[dy][4 * h + 3] = inter(a_hi, b_hi, pair_hi);
                     }
                 }
-                let dst = y.ptr.add(ys.plane(i, o));
-                let res = ep.residual.map(|v| v.ptr.add(v.shape.plane(i, o)));
-                let mul = ep.mul.map(|v| v.ptr.add(v.shape.plane(i, o)));
-                let scale = ep.scale.map(|v| v.ptr.add(v.shape.plane(i, 0)));
-                let b = _mm512_set1_ps(bias[o]);
-                let mut j = 0;
-                while j < cnt {
-                    let (ty, tx0) = ((t0 + j) / tw, (t0 + j) % tw);
-                    let len = (tw - tx0).min(cnt - j);
-                    // Element e of an interleaved row is output column base + e, for 4j ≤ e < 4(j + len).
-                    let base = 4 * tx0 as isize - 4 * j as isize;
-                    let hi = (4 * (j + len) as isize).min(ys.w as isize - base).max(4 * j as isize) as u32;
-                    let upto = if hi >= 128 { u128::MAX } else { (1u128 << hi) - 1 };
-                    let mask = upto & !((1u128 << (4 * j)) - 1);
-                    for (dy, zr) in z.iter().enumerate() {
-                        let oy = 4 * ty + dy;
-                        if oy >= ys.h {
-                            break;
-                        }
-                        let at = (oy * ys.w) as isize + base;
-                        for (q, &zv) in zr.iter().enumerate() {
-                            let mk = (mask >> (16 * q)) as u16;
-                            if mk == 0 {
-                                continue;
-                            }
-                            let off = at + 16 * q as isize;
-                            // Masked-off lanes are never dereferenced, so the offsets may point outside the plane.
-                            let mut val = zv;
-                            if let Some(sc) = scale {
-                                val = _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mk, sc.wrapping_offset(off)));
-                            }
-                            val = _mm512_add_ps(val, b);
-                            if let Some(rp) = res {
-                                val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mk, rp.wrapping_offset(off)));
-                            }
-                            if ep.relu {
-                                val = _mm512_max_ps(val, zero);
-                            }
-                            if let Some(mp) = mul {
-                                val = _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mk, mp.wrapping_offset(off)));
-                            }
-                            _mm512_mask_storeu_ps(dst.wrapping_offset(off), mk, val);
-                        }
-                    }
-                    j += len;
-                }
+                store_tile_rows(&z, 4, i, o, t0, cnt, tw, y, ep, bias[o]);
             }
         }
     }
+}
+
+/// Writes one output channel `o` of a panel's tiles through the epilogue: `z[dy][q]` holds output row
+/// dy of every tile, the m columns of each tile interleaved (element e = m·lane + dx over registers
+/// q = e / 16). Each run of tiles along a tile row becomes one masked store per 16 elements; masked-off
+/// lanes (outside the run or past the image's right edge) are neither read nor written.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_tile_rows<const Q: usize>(z: &[[std::arch::x86_64::__m512; Q]], m: usize, i: usize, o: usize, t0: usize, cnt: usize, tw: usize, y: Out, ep: &Epilogue, bias: f32) {
+    use std::arch::x86_64::*;
+    debug_assert!(z.len() == m && Q * 16 == 32 * m);
+    let ys = y.shape;
+    let dst = y.ptr.add(ys.plane(i, o));
+    let res = ep.residual.map(|v| v.ptr.add(v.shape.plane(i, o)));
+    let mul = ep.mul.map(|v| v.ptr.add(v.shape.plane(i, o)));
+    let scale = ep.scale.map(|v| v.ptr.add(v.shape.plane(i, 0)));
+    let (b, zero) = (_mm512_set1_ps(bias), _mm512_setzero_ps());
+    let mut j = 0;
+    while j < cnt {
+        let (ty, tx0) = ((t0 + j) / tw, (t0 + j) % tw);
+        let len = (tw - tx0).min(cnt - j);
+        // Element e of an interleaved row is output column base + e, for m·j ≤ e < m·(j + len).
+        let base = (m * tx0) as isize - (m * j) as isize;
+        let hi = ((m * (j + len)) as isize).min(ys.w as isize - base).max((m * j) as isize) as u32;
+        let upto = if hi >= 128 { u128::MAX } else { (1u128 << hi) - 1 };
+        let mask = upto & !((1u128 << (m * j)) - 1);
+        for (dy, zr) in z.iter().enumerate() {
+            let oy = m * ty + dy;
+            if oy >= ys.h {
+                break;
+            }
+            let at = (oy * ys.w) as isize + base;
+            for (q, &zv) in zr.iter().enumerate() {
+                let mk = (mask >> (16 * q)) as u16;
+                if mk == 0 {
+                    continue;
+                }
+                let off = at + 16 * q as isize;
+                // Masked-off lanes are never dereferenced, so the offsets may point outside the plane.
+                let mut val = zv;
+                if let Some(sc) = scale {
+                    val = _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mk, sc.wrapping_offset(off)));
+                }
+                val = _mm512_add_ps(val, b);
+                if let Some(rp) = res {
+                    val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mk, rp.wrapping_offset(off)));
+                }
+                if ep.relu {
+                    val = _mm512_max_ps(val, zero);
+                }
+                if let Some(mp) = mul {
+                    val = _mm512_mul_ps(val, _mm512_maskz_loadu_ps(mk, mp.wrapping_offset(off)));
+                }
+                _mm512_mask_storeu_ps(dst.wrapping_offset(off), mk, val);
+            }
+        }
+        j += len;
+    }
+}
+
+/// Runs `task(image, first tile, tiles, row blocks, scratch)` for every panel of `nr` tiles (`tiles` per
+/// image, `n` images) on the current pool. Row blocks are split into groups only below two panels per
+/// thread, since each group repeats its panel's gather and input transform. Each task gets its worker
+/// thread's `per`-float slice of `scratch`.
+#[allow(clippy::type_complexity)]
+fn for_each_panel(
+    n: usize,
+    tiles: usize,
+    nr: usize,
+    blocks: usize,
+    per: usize,
+    scratch: &mut [f32],
+    task: impl Fn(usize, usize, usize, std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
+    let workers = rayon::current_num_threads();
+    assert!(scratch.len() >= workers * per, "winograd scratch too small");
+    let panels = tiles.div_ceil(nr);
+    let total = n * panels;
+    let groups = if total >= 2 * workers { 1 } else { blocks.min((2 * workers).div_ceil(total)) };
+    let per_group = blocks.div_ceil(groups);
+    let scratch_ptr = SendPtr(scratch.as_mut_ptr());
+    (0..total * groups).into_par_iter().for_each(|t| {
+        let (panel, group) = (t / groups, t % groups);
+        let (i, t0) = (panel / panels, (panel % panels) * nr);
+        let me = rayon::current_thread_index().unwrap_or(0);
+        assert!(me < workers, "conv run outside the pool it was sized for");
+        // SAFETY: each worker thread uses only its own slice of the scratch.
+        let s = unsafe { std::slice::from_raw_parts_mut(scratch_ptr.get().add(me * per), per) };
+        let b0 = group * per_group;
+        task(i, t0, nr.min(tiles - t0), b0..(b0 + per_group).min(blocks), s);
+    });
 }
