@@ -162,7 +162,6 @@ pub fn conv2d(p: &ConvParam, pk: &PackedConv, x: In, x_add: Option<In>, y: Out, 
 /// for j < cnt; zero for j ≥ cnt. Output pixels are walked in runs along one output row, so that for
 /// stride 1 each tap is one contiguous copy with zeroed borders.
 #[allow(clippy::too_many_arguments)]
-#[inline(never)]
 fn gather(p: &ConvParam, x: In, x_add: Option<In>, i: usize, p0: usize, cnt: usize, nr: usize, ow: usize, cis: std::ops::Range<usize>, avx512: bool, cols: &mut [f32]) {
     let xs = x.shape;
     let taps = p.kh * p.kw;
