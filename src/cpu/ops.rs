@@ -155,7 +155,8 @@ pub fn avg_pool(x: In, y: Out, k: usize, s: usize, p: usize, count_include_pad: 
 fn pool_avx512(s: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        (s == 1 || s == 2) && std::is_x86_feature_detected!("avx512f") && super::microkernel::Isa::detect() == super::microkernel::Isa::Avx512
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        (s == 1 || s == 2) && *AVX512.get_or_init(|| super::microkernel::Isa::detect() == super::microkernel::Isa::Avx512)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -306,9 +307,16 @@ pub fn resize_out_size(in_size: usize, scale: f64) -> usize {
 
 /// Per output coordinate: (index0, index1, lambda0, lambda1), as PyTorch's linear index/weight tables.
 pub fn resize_taps(in_size: usize, out_size: usize, mode: ResizeMode) -> Vec<(usize, usize, f32, f32)> {
+    let mut taps = Vec::with_capacity(out_size);
+    resize_taps_into(in_size, out_size, mode, &mut taps);
+    taps
+}
+
+/// `resize_taps` into an existing vector.
+fn resize_taps_into(in_size: usize, out_size: usize, mode: ResizeMode, taps: &mut Vec<(usize, usize, f32, f32)>) {
     let scale = resize_scale(in_size, out_size, mode);
-    (0..out_size)
-        .map(|d| {
+    taps.clear();
+    taps.extend((0..out_size).map(|d| {
             let real = match mode {
                 ResizeMode::AlignCorners => scale * d as f32,
                 ResizeMode::ScaleFactor(_) => (scale * (d as f32 + 0.5) - 0.5).max(0.0),
@@ -317,16 +325,32 @@ pub fn resize_taps(in_size: usize, out_size: usize, mode: ResizeMode) -> Vec<(us
             let l1 = (real - i0 as f32).clamp(0.0, 1.0);
             let i1 = if i0 < in_size - 1 { i0 + 1 } else { i0 };
             (i0, i1, 1.0 - l1, l1)
-        })
-        .collect()
+    }));
 }
 
 /// Bilinear resize from x's spatial size to y's.
 pub fn resize_bilinear(x: In, y: Out, mode: ResizeMode) {
     let (xs, ys) = (x.shape, y.shape);
     assert_eq!((xs.n, xs.c), (ys.n, ys.c));
-    let th = resize_taps(xs.h, ys.h, mode);
-    let tw = resize_taps(xs.w, ys.w, mode);
+    RESIZE_TAPS.with(|taps| match taps.try_borrow_mut() {
+        Ok(mut taps) => {
+            let (th, tw) = &mut *taps;
+            resize_taps_into(xs.h, ys.h, mode, th);
+            resize_taps_into(xs.w, ys.w, mode, tw);
+            resize_with_taps(x, y, th, tw);
+        }
+        // A resize started inside another one's parallel loop on this thread: fresh taps.
+        Err(_) => resize_with_taps(x, y, &resize_taps(xs.h, ys.h, mode), &resize_taps(xs.w, ys.w, mode)),
+    });
+}
+
+thread_local! {
+    /// Row and column taps of the current resize, reused across calls (no allocation per op).
+    static RESIZE_TAPS: std::cell::RefCell<(Vec<(usize, usize, f32, f32)>, Vec<(usize, usize, f32, f32)>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+fn resize_with_taps(x: In, y: Out, th: &[(usize, usize, f32, f32)], tw: &[(usize, usize, f32, f32)]) {
+    let (xs, ys) = (x.shape, y.shape);
     // Bands of output rows as well as planes, so that the one-channel side outputs (resized to the
     // full input size, one plane each) use every thread.
     let planes = xs.n * xs.c;
