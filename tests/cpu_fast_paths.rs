@@ -193,6 +193,29 @@ fn winograd_f4_matches_reference() {
 }
 
 #[test]
+fn one_output_conv_matches_reference() {
+    if !Isa::all_supported().contains(&Isa::Avx512) {
+        println!("skipped: the one-output conv path runs on AVX-512 only and this CPU has none");
+        return;
+    }
+    let mut rng = Rng(29);
+    let pool = pool();
+    for p in [
+        param(&mut rng, 64, 1, 3, 3, 1, 1, 1, 1), // edge_conv4, ra*_conv4
+        param(&mut rng, 7, 1, 5, 5, 1, 2, 2, 1),
+        param(&mut rng, 5, 1, 3, 3, 1, 3, 3, 3), // dilated
+        param(&mut rng, 6, 1, 1, 7, 1, 0, 3, 1),
+    ] {
+        assert!(implicit_gemm::one_output_applies(&p, Isa::Avx512));
+        for v in VARIANTS {
+            for (n, h, w) in [(3, 13, 17), (1, 1, 1), (1, 40, 37), (2, 5, 33)] {
+                check(&p, n, h, w, v, "one-output conv", &|x, xa, y, ep| pool.install(|| implicit_gemm::conv2d_one_output(&p, x, xa, y, ep)));
+            }
+        }
+    }
+}
+
+#[test]
 fn im2col_gemm_matches_reference() {
     let mut rng = Rng(13);
     for p in conv_cases(&mut rng) {

@@ -421,3 +421,95 @@ fn store_generic(p: &ConvParam, tile: &[f32; MAX_TILE], mr: usize, nr: usize, bl
         }
     }
 }
+
+/// Whether `conv2d_one_output` runs this conv: one output channel, stride 1, on AVX-512.
+pub fn one_output_applies(p: &ConvParam, isa: Isa) -> bool {
+    p.cout == 1 && p.stride == 1 && p.kw <= 16 && isa == Isa::Avx512
+}
+
+/// A conv with one output channel (the side-output heads: edge_conv4, ra*_conv4), directly: 16 output
+/// pixels of a row per register, one masked load and FMA per input channel and tap, the epilogue
+/// applied before the store. The implicit GEMM would run 8 rows for this one (7 of them zero) after
+/// gathering every tap.
+pub fn conv2d_one_output(p: &ConvParam, x: In, x_add: Option<In>, y: Out, ep: Epilogue) {
+    let (xs, ys) = (x.shape, y.shape);
+    assert!(p.cout == 1 && p.stride == 1 && p.kw <= 16);
+    assert_eq!((xs.c, ys.c), (p.cin, 1));
+    assert_eq!(p.out_size(xs.h, xs.w), (ys.h, ys.w));
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(std::is_x86_feature_detected!("avx512f"), "conv2d_one_output needs AVX-512");
+        (0..xs.n * ys.h).into_par_iter().for_each(|r| {
+            // SAFETY: AVX-512F checked above; each task writes one output row.
+            unsafe { one_output_row_avx512(p, x, x_add, y, &ep, r / ys.h, r % ys.h) }
+        });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x_add, ep);
+        unreachable!("conv2d_one_output runs on AVX-512 only");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn one_output_row_avx512(p: &ConvParam, x: In, x_add: Option<In>, y: Out, ep: &Epilogue, i: usize, oy: usize) {
+    use std::arch::x86_64::*;
+    const MAX_KW: usize = 16;
+    let (xs, ys) = (x.shape, y.shape);
+    let taps = p.kh * p.kw;
+    let zero = _mm512_setzero_ps();
+    let at = ys.plane(i, 0) + oy * ys.w;
+    let mut ox0 = 0;
+    while ox0 < ys.w {
+        let n = (ys.w - ox0).min(16);
+        let lanes: u16 = if n == 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };
+        // Lane t of kx reads input column c0 + t; valid inside 0..w and t < n.
+        let mut mask = [0u16; MAX_KW];
+        let mut off = [0isize; MAX_KW];
+        for kx in 0..p.kw {
+            let c0 = (ox0 + kx * p.dil) as isize - p.pad_w as isize;
+            let lo = (-c0).clamp(0, n as isize) as u32;
+            let hi = (xs.w as isize - c0).clamp(lo as isize, n as isize) as u32;
+            mask[kx] = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16;
+            off[kx] = c0;
+        }
+        let mut acc = zero;
+        for ci in 0..p.cin {
+            let src = x.ptr.add(xs.plane(i, ci));
+            let add = x_add.map(|a| a.ptr.add(a.shape.plane(i, ci)));
+            for ky in 0..p.kh {
+                let iy = (oy + ky * p.dil) as isize - p.pad_h as isize;
+                if iy < 0 || iy >= xs.h as isize {
+                    continue;
+                }
+                let row = iy * xs.w as isize;
+                let w = &p.weight[ci * taps + ky * p.kw..][..p.kw];
+                for kx in 0..p.kw {
+                    // Masked-off lanes are never dereferenced, so the offset may point outside the row.
+                    let mut v = _mm512_maskz_loadu_ps(mask[kx], src.wrapping_offset(row + off[kx]));
+                    if let Some(a) = add {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[kx], a.wrapping_offset(row + off[kx])));
+                    }
+                    acc = _mm512_fmadd_ps(v, _mm512_set1_ps(w[kx]), acc);
+                }
+            }
+        }
+        let o = at + ox0;
+        if let Some(s) = ep.scale {
+            acc = _mm512_mul_ps(acc, _mm512_maskz_loadu_ps(lanes, s.ptr.add(s.shape.plane(i, 0) + oy * ys.w + ox0)));
+        }
+        acc = _mm512_add_ps(acc, _mm512_set1_ps(p.bias[0]));
+        if let Some(r) = ep.residual {
+            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(lanes, r.ptr.add(r.shape.plane(i, 0) + oy * ys.w + ox0)));
+        }
+        if ep.relu {
+            acc = _mm512_max_ps(acc, zero);
+        }
+        if let Some(m) = ep.mul {
+            acc = _mm512_mul_ps(acc, _mm512_maskz_loadu_ps(lanes, m.ptr.add(m.shape.plane(i, 0) + oy * ys.w + ox0)));
+        }
+        _mm512_mask_storeu_ps(y.ptr.add(o), lanes, acc);
+        ox0 += 16;
+    }
+}

@@ -45,6 +45,8 @@ pub enum ConvKernel {
     /// at 11×11, 1024→64, 2048→256: 1.06–1.9× slower) nor on ≤ 64 outputs over ≥ 4096 pixels (1.1×);
     /// for those the packed weights are kept and `pointwise_prefers_implicit_gemm` picks them.
     Pointwise(Option<PackedConv>),
+    /// One output channel, stride 1 (the side-output heads), on AVX-512: `implicit_gemm::conv2d_one_output`.
+    OneOutput,
     /// Everything else: implicit GEMM.
     Gemm(PackedConv),
 }
@@ -160,6 +162,8 @@ impl CpuEngine {
                     if pointwise {
                         let narrow = (p.cin >= 1024 && p.cout < p.cin) || p.cout <= 64;
                         ConvKernel::Pointwise((isa == Isa::Avx512 && narrow).then(|| PackedConv::new(p, isa)))
+                    } else if implicit_gemm::one_output_applies(p, isa) {
+                        ConvKernel::OneOutput
                     } else if winograd_on && WinogradConv::applies(p) {
                         ConvKernel::Winograd(WinogradConv::new(p, isa), None, PackedConv::new(p, isa))
                     } else {
@@ -220,6 +224,7 @@ fn run_node(g: &Graph, node: &Node, kernels: &[ConvKernel], plan: &mut Plan, sca
             let p = &g.convs[conv];
             match &kernels[conv] {
                 ConvKernel::Gemm(pk) => implicit_gemm::conv2d(p, pk, xi, xa, yo, ep, plan.scratch()),
+                ConvKernel::OneOutput => implicit_gemm::conv2d_one_output(p, xi, xa, yo, ep),
                 ConvKernel::Pointwise(Some(pk)) if pointwise_prefers_implicit_gemm(p, yo.shape.hw()) => {
                     implicit_gemm::conv2d(p, pk, xi, xa, yo, ep, plan.scratch())
                 }
@@ -285,6 +290,7 @@ impl Engine for CpuEngine {
                 .zip(&self.graph.convs)
                 .map(|(k, p)| match k {
                     ConvKernel::Gemm(pk) => pk.panel_len(),
+                    ConvKernel::OneOutput => 0,
                     ConvKernel::Winograd(wk, f4, pk) => {
                         let f4 = f4.as_ref().map_or(0, |_| WinogradF4::scratch_len_for(p.cin));
                         wk.scratch_len(p, n, h, w, &self.graph).max(pk.panel_len()).max(f4)
