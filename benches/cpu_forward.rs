@@ -3,6 +3,9 @@
 //! paths the engine uses and (for comparison) the previous im2col + `gemm` crate path.
 //! `cargo bench --bench cpu_forward` (add a filter such as `conv/` to run part of it).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use infnet::cpu::conv::{conv2d_im2col, scratch_len, Epilogue};
@@ -11,7 +14,6 @@ use infnet::cpu::microkernel::Isa;
 use infnet::cpu::tensor::{In, Out, Shape};
 use infnet::cpu::winograd::{WinogradConv, WinogradF4};
 use infnet::cpu::CpuEngine;
-use infnet::graph::ConvParam;
 use infnet::model::synthetic::{state_dict, Spec};
 use infnet::{Engine, InfNet, Tensor};
 use std::time::Duration;
@@ -29,27 +31,11 @@ fn forward(c: &mut Criterion) {
     g.finish();
 }
 
-#[allow(clippy::too_many_arguments)]
-fn param(cin: usize, cout: usize, kh: usize, kw: usize, stride: usize, pad_h: usize, pad_w: usize, dil: usize) -> ConvParam {
-    let k = cin * kh * kw;
-    ConvParam {
-        name: String::new(),
-        cout,
-        cin,
-        kh,
-        kw,
-        stride,
-        pad_h,
-        pad_w,
-        dil,
-        weight: (0..cout * k).map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5).collect(),
-        bias: vec![0.1; cout],
-    }
-}
-
 fn convs(c: &mut Criterion) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build().expect("pool");
     let isa = Isa::detect();
+    let mut rng = common::Rng(0xbe4c);
+    let mut param = |cin, cout, kh, kw, stride, pad_h, pad_w, dil| common::conv_param(&mut rng, cin, cout, kh, kw, stride, pad_h, pad_w, dil);
     // (name, conv, input side)
     let cases = [
         ("1x1_1024to832_22", param(1024, 832, 1, 1, 1, 0, 0, 1), 22),

@@ -1,6 +1,9 @@
 //! Every fast convolution path against `conv2d_reference`, for every micro-kernel this CPU runs, and
 //! the tiny synthetic model through the engine against a plain executor that uses only reference ops.
 
+mod common;
+
+use common::{conv_param, rel_l2, Rng};
 use infnet::cpu::conv::{conv2d_im2col, conv2d_reference, scratch_len, Epilogue};
 use infnet::cpu::implicit_gemm::{self, PackedConv};
 use infnet::cpu::microkernel::Isa;
@@ -10,50 +13,6 @@ use infnet::cpu::{ops, plan_steps, CpuEngine, Step};
 use infnet::graph::{ConvParam, Graph, Node, View};
 use infnet::model::synthetic::{state_dict, Spec};
 use infnet::{Engine, InfNet, Tensor};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
-    }
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += (*x as f64 - *y as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    if a.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY;
-    }
-    (num / den.max(1e-30)).sqrt()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn param(rng: &mut Rng, cin: usize, cout: usize, kh: usize, kw: usize, stride: usize, pad_h: usize, pad_w: usize, dil: usize) -> ConvParam {
-    let a = (3.0 / (cin * kh * kw) as f32).sqrt();
-    ConvParam {
-        name: format!("{kh}x{kw}/{stride} d{dil} {cin}->{cout}"),
-        cout,
-        cin,
-        kh,
-        kw,
-        stride,
-        pad_h,
-        pad_w,
-        dil,
-        weight: rng.vec(cout * cin * kh * kw).into_iter().map(|v| v * a).collect(),
-        bias: rng.vec(cout),
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Variant {
@@ -78,11 +37,11 @@ fn check(p: &ConvParam, n: usize, h: usize, w: usize, v: Variant, label: &str, f
     let (oh, ow) = p.out_size(h, w);
     let xs = Shape::dense(n, p.cin, h, w);
     let ys = Shape::dense(n, p.cout, oh, ow);
-    let x = rng.vec(n * p.cin * h * w);
-    let xa = rng.vec(n * p.cin * h * w);
-    let res = rng.vec(n * p.cout * oh * ow);
-    let mul = rng.vec(n * p.cout * oh * ow);
-    let scale = rng.vec(n * oh * ow);
+    let x = rng.vec(n * p.cin * h * w, 1.0);
+    let xa = rng.vec(n * p.cin * h * w, 1.0);
+    let res = rng.vec(n * p.cout * oh * ow, 1.0);
+    let mul = rng.vec(n * p.cout * oh * ow, 1.0);
+    let scale = rng.vec(n * oh * ow, 1.0);
     let ep = Epilogue {
         scale: v.scale.then(|| In::new(&scale, Shape::dense(n, 1, oh, ow))),
         residual: v.residual.then(|| In::new(&res, ys)),
@@ -106,27 +65,27 @@ fn pool() -> rayon::ThreadPool {
 /// Every conv kind of the network (and the odd ones around it), at odd sizes and channel counts.
 fn conv_cases(rng: &mut Rng) -> Vec<ConvParam> {
     vec![
-        param(rng, 13, 11, 1, 1, 1, 0, 0, 1),  // 1×1
-        param(rng, 37, 19, 1, 1, 1, 0, 0, 1),  // 1×1, more than one row block
-        param(rng, 11, 13, 3, 3, 1, 1, 1, 1),  // 3×3 (Winograd when it runs through the engine)
-        param(rng, 3, 10, 3, 3, 2, 1, 1, 1),   // 3×3 stride 2 (stem)
-        param(rng, 9, 7, 3, 3, 2, 1, 1, 1),    // 3×3 stride 2 (stage blocks)
-        param(rng, 7, 9, 3, 3, 1, 3, 3, 3),    // dilation 3
-        param(rng, 7, 9, 3, 3, 1, 5, 5, 5),    // dilation 5
-        param(rng, 7, 9, 3, 3, 1, 7, 7, 7),    // dilation 7
-        param(rng, 7, 9, 1, 3, 1, 0, 1, 1),    // 1×3
-        param(rng, 7, 9, 3, 1, 1, 1, 0, 1),    // 3×1
-        param(rng, 7, 9, 1, 7, 1, 0, 3, 1),    // 1×7
-        param(rng, 7, 9, 7, 1, 1, 3, 0, 1),    // 7×1
-        param(rng, 9, 11, 5, 5, 1, 2, 2, 1),   // 5×5
-        param(rng, 5, 1, 3, 3, 1, 1, 1, 1),    // one output channel
-        param(rng, 600, 21, 1, 1, 1, 0, 0, 1), // 1×1, K in 3 chunks
-        param(rng, 70, 75, 3, 3, 1, 1, 1, 1),  // 3×3, K = 630 in 3 chunks, 10 row blocks
-        param(rng, 23, 9, 5, 5, 1, 2, 2, 1),   // 5×5, K = 575 in 3 chunks
-        param(rng, 19, 26, 3, 3, 1, 1, 1, 1),  // AVX-512 kernel with 13 rows
-        param(rng, 21, 28, 1, 1, 1, 0, 0, 1),  // 14 rows
-        param(rng, 29, 24, 3, 3, 1, 1, 1, 1),  // 12 rows
-        param(rng, 17, 8, 3, 3, 1, 1, 1, 1),   // 8 rows
+        conv_param(rng, 13, 11, 1, 1, 1, 0, 0, 1),  // 1×1
+        conv_param(rng, 37, 19, 1, 1, 1, 0, 0, 1),  // 1×1, more than one row block
+        conv_param(rng, 11, 13, 3, 3, 1, 1, 1, 1),  // 3×3 (Winograd when it runs through the engine)
+        conv_param(rng, 3, 10, 3, 3, 2, 1, 1, 1),   // 3×3 stride 2 (stem)
+        conv_param(rng, 9, 7, 3, 3, 2, 1, 1, 1),    // 3×3 stride 2 (stage blocks)
+        conv_param(rng, 7, 9, 3, 3, 1, 3, 3, 3),    // dilation 3
+        conv_param(rng, 7, 9, 3, 3, 1, 5, 5, 5),    // dilation 5
+        conv_param(rng, 7, 9, 3, 3, 1, 7, 7, 7),    // dilation 7
+        conv_param(rng, 7, 9, 1, 3, 1, 0, 1, 1),    // 1×3
+        conv_param(rng, 7, 9, 3, 1, 1, 1, 0, 1),    // 3×1
+        conv_param(rng, 7, 9, 1, 7, 1, 0, 3, 1),    // 1×7
+        conv_param(rng, 7, 9, 7, 1, 1, 3, 0, 1),    // 7×1
+        conv_param(rng, 9, 11, 5, 5, 1, 2, 2, 1),   // 5×5
+        conv_param(rng, 5, 1, 3, 3, 1, 1, 1, 1),    // one output channel
+        conv_param(rng, 600, 21, 1, 1, 1, 0, 0, 1), // 1×1, K in 3 chunks
+        conv_param(rng, 70, 75, 3, 3, 1, 1, 1, 1),  // 3×3, K = 630 in 3 chunks, 10 row blocks
+        conv_param(rng, 23, 9, 5, 5, 1, 2, 2, 1),   // 5×5, K = 575 in 3 chunks
+        conv_param(rng, 19, 26, 3, 3, 1, 1, 1, 1),  // AVX-512 kernel with 13 rows
+        conv_param(rng, 21, 28, 1, 1, 1, 0, 0, 1),  // 14 rows
+        conv_param(rng, 29, 24, 3, 3, 1, 1, 1, 1),  // 12 rows
+        conv_param(rng, 17, 8, 3, 3, 1, 1, 1, 1),   // 8 rows
     ]
 }
 
@@ -156,7 +115,7 @@ fn winograd_matches_reference() {
     let pool = pool();
     for isa in Isa::all_supported() {
         for (cin, cout) in [(11, 13), (3, 1), (17, 9), (40, 21)] {
-            let p = param(&mut rng, cin, cout, 3, 3, 1, 1, 1, 1);
+            let p = conv_param(&mut rng, cin, cout, 3, 3, 1, 1, 1, 1);
             assert!(WinogradConv::applies(&p));
             let wk = WinogradConv::new(&p, isa);
             let scratch = vec![0.0; 2 * wk.scratch_len(&p, 0, 0, 0, &Graph::default())];
@@ -180,7 +139,7 @@ fn winograd_f4_matches_reference() {
     let mut rng = Rng(23);
     let pool = pool();
     for (cin, cout) in [(11, 13), (3, 1), (17, 9), (40, 21), (26, 26)] {
-        let p = param(&mut rng, cin, cout, 3, 3, 1, 1, 1, 1);
+        let p = conv_param(&mut rng, cin, cout, 3, 3, 1, 1, 1, 1);
         assert!(WinogradF4::available(&p, Isa::Avx512));
         let wk = WinogradF4::new(&p);
         let scratch = vec![0.0; 2 * WinogradF4::scratch_len_for(cin)];
@@ -201,10 +160,10 @@ fn one_output_conv_matches_reference() {
     let mut rng = Rng(29);
     let pool = pool();
     for p in [
-        param(&mut rng, 64, 1, 3, 3, 1, 1, 1, 1), // edge_conv4, ra*_conv4
-        param(&mut rng, 7, 1, 5, 5, 1, 2, 2, 1),
-        param(&mut rng, 5, 1, 3, 3, 1, 3, 3, 3), // dilated
-        param(&mut rng, 6, 1, 1, 7, 1, 0, 3, 1),
+        conv_param(&mut rng, 64, 1, 3, 3, 1, 1, 1, 1), // edge_conv4, ra*_conv4
+        conv_param(&mut rng, 7, 1, 5, 5, 1, 2, 2, 1),
+        conv_param(&mut rng, 5, 1, 3, 3, 1, 3, 3, 3), // dilated
+        conv_param(&mut rng, 6, 1, 1, 7, 1, 0, 3, 1),
     ] {
         assert!(implicit_gemm::one_output_applies(&p, Isa::Avx512));
         for v in VARIANTS {
@@ -272,7 +231,7 @@ fn tiny_model_engine_matches_reference_executor() {
     assert_eq!(fused, 3, "each reverse-attention branch should fold into its 1×1 conv");
     let (n, h, w) = (2, 64, 96);
     let mut rng = Rng(5);
-    let x = Tensor { shape: vec![n, 3, h, w], data: rng.vec(n * 3 * h * w) };
+    let x = Tensor { shape: vec![n, 3, h, w], data: rng.vec(n * 3 * h * w, 1.0) };
     let want = reference_forward(&g, &x);
     for isa in Isa::all_supported() {
         let mut eng = CpuEngine::with_isa(g.clone(), 2, isa).unwrap();
@@ -291,7 +250,7 @@ fn tiny_model_engine_matches_reference_executor() {
 fn max_pool_matches_reference() {
     let mut rng = Rng(17);
     for (n, c, h, w, k, s, p) in [(2, 3, 13, 17, 3, 2, 1), (1, 5, 8, 8, 3, 2, 1), (1, 2, 7, 5, 2, 2, 0), (1, 1, 1, 3, 3, 2, 1), (1, 3, 46, 38, 3, 2, 1)] {
-        let mut x = rng.vec(n * c * h * w);
+        let mut x = rng.vec(n * c * h * w, 1.0);
         let mid = x.len() / 2;
         x[mid] = f32::NAN; // NaN propagates as in PyTorch
         let (oh, ow) = (ops::pool_out_size(h, k, s, p, false), ops::pool_out_size(w, k, s, p, false));
@@ -321,7 +280,7 @@ fn avg_pool_matches_reference() {
         (1, 3, 46, 38, 3, 2, 1, false, true),
         (1, 3, 40, 35, 3, 1, 1, false, true),
     ] {
-        let x = rng.vec(n * c * h * w);
+        let x = rng.vec(n * c * h * w, 1.0);
         let (oh, ow) = (ops::pool_out_size(h, k, s, p, ceil), ops::pool_out_size(w, k, s, p, ceil));
         let (xs, ys) = (Shape::dense(n, c, h, w), Shape::dense(n, c, oh, ow));
         let mut want = vec![0.0; n * c * oh * ow];
@@ -342,7 +301,7 @@ fn full_model_small_input_matches_reference_executor() {
     let g = model.graph.clone();
     let mut rng = Rng(23);
     // 96×96: the stem's 3×3 convs (48×48) take Winograd F(4×4), layer1's and the edge convs (24×24) F(2×2).
-    let x = Tensor { shape: vec![1, 3, 96, 96], data: rng.vec(3 * 96 * 96) };
+    let x = Tensor { shape: vec![1, 3, 96, 96], data: rng.vec(3 * 96 * 96, 1.0) };
     let want = reference_forward(&g, &x);
     let mut eng = CpuEngine::new(g.clone(), 2).unwrap();
     let got = eng.forward(&x).unwrap();

@@ -12,6 +12,9 @@
 //! catch any indexing error (which shows up as O(1) differences). Pools sum in the CPU's order and are
 //! compared at 1e-6; resizes and the attention differ only by FMA contraction / expf rounding (1e-6).
 
+mod common;
+
+use common::{conv_param, Rng};
 use infnet::cpu::conv::{conv2d_reference, Epilogue};
 use infnet::cpu::ops;
 use infnet::cpu::tensor::{In, Out, Shape};
@@ -21,19 +24,6 @@ use infnet::engine::{Device, Engine};
 use infnet::graph::{ConvParam, ResizeMode};
 use infnet::model::synthetic::{state_dict, Spec};
 use infnet::{InfNet, Tensor};
-
-struct Rng(u64);
-impl Rng {
-    fn uniform(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform() * scale).collect()
-    }
-}
 
 /// An N × ctotal × h × w host buffer, of which tests use channel slices.
 struct Buf {
@@ -101,25 +91,6 @@ fn parameter_structs_match_the_c_side() {
     for (i, (name, rust, expected)) in kernels::PARAM_SIZES.iter().enumerate() {
         assert_eq!(rust, expected, "{name}: Rust size");
         assert_eq!(c[i], *expected, "{name}: C size");
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn conv_param(rng: &mut Rng, cin: usize, cout: usize, kh: usize, kw: usize, stride: usize, pad_h: usize, pad_w: usize, dil: usize) -> ConvParam {
-    let k = cin * kh * kw;
-    let a = (3.0 / k as f32).sqrt();
-    ConvParam {
-        name: format!("conv {cin}->{cout} {kh}x{kw}/s{stride} p{pad_h},{pad_w} d{dil}"),
-        cout,
-        cin,
-        kh,
-        kw,
-        stride,
-        pad_h,
-        pad_w,
-        dil,
-        weight: rng.vec(cout * k, a),
-        bias: rng.vec(cout, 0.5),
     }
 }
 

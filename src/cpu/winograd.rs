@@ -100,14 +100,9 @@ impl WinogradConv {
             let (v, rest) = s.split_at_mut(16 * self.cin * nr);
             let (d, m) = rest.split_at_mut(16 * nr);
             self.transform_input(x, x_add, i, t0, cnt, tw, v, d);
-            let mut tile = [0.0f32; MAX_TILE];
             for blk in blocks {
-                for pos in 0..16 {
-                    let w = &self.u[(pos * self.blocks + blk) * self.cin * mr..];
-                    // SAFETY: w holds cin·mr floats, v[pos] cin·nr; the isa was detected.
-                    unsafe { microkernel::run(isa, mr, self.cin, w.as_ptr(), v[pos * self.cin * nr..].as_ptr(), tile.as_mut_ptr(), false) };
-                    m[pos * MAX_TILE..pos * MAX_TILE + mr * nr].copy_from_slice(&tile[..mr * nr]);
-                }
+                // SAFETY: the isa was detected; u, v and m are sized for 16 positions.
+                unsafe { position_gemms(isa, &self.u, 16, self.blocks, blk, self.cin, mr, v, nr, m) };
                 self.transform_output(p, m, blk, i, t0, cnt, tw, y, &ep);
             }
         });
@@ -267,10 +262,7 @@ impl WinogradConv {
         let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         let zero = _mm512_setzero_ps();
         for blk in blocks {
-            for pos in 0..16 {
-                let w = self.u.as_ptr().add((pos * self.blocks + blk) * cin * mr);
-                microkernel::run(Isa::Avx512, mr, cin, w, v.as_ptr().add(pos * cin * NR), m.as_mut_ptr().add(pos * MAX_TILE), false);
-            }
+            position_gemms(Isa::Avx512, &self.u, 16, self.blocks, blk, cin, mr, v, NR, m);
             for r in 0..mr.min(self.cout - blk * mr) {
                 let o = blk * mr + r;
                 // z[dy][e]: output row dy of the panel's tiles, tile columns interleaved (element e = 2·lane + dx).
@@ -466,10 +458,7 @@ impl WinogradF4 {
         let pair_hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
         let zero = _mm512_setzero_ps();
         for blk in blocks {
-            for pos in 0..36 {
-                let w = self.u.as_ptr().add((pos * self.blocks + blk) * cin * mr);
-                microkernel::run(Isa::Avx512, mr, cin, w, v.as_ptr().add(pos * cin * NR), m.as_mut_ptr().add(pos * MAX_TILE), false);
-            }
+            position_gemms(Isa::Avx512, &self.u, 36, self.blocks, blk, cin, mr, v, NR, m);
             for r in 0..mr.min(self.cout - blk * mr) {
                 let o = blk * mr + r;
                 // z[dy][q]: output row dy of the panel's tiles, element e = 4·lane + dx over 8 registers.
@@ -593,4 +582,18 @@ fn for_each_panel(
         let b0 = group * per_group;
         task(i, t0, nr.min(tiles - t0), b0..(b0 + per_group).min(blocks), s);
     });
+}
+
+/// The per-position GEMMs of one row block: m[pos] (an MR×NR tile, MAX_TILE apart) = U[pos][blk] · V[pos]
+/// for every transform position, U packed [pos][block][cin][MR] and V [pos][cin][NR].
+///
+/// # Safety
+/// `isa` is supported by this CPU; `u`, `v` and `m` hold `positions` such blocks.
+#[allow(clippy::too_many_arguments)]
+unsafe fn position_gemms(isa: Isa, u: &[f32], positions: usize, blocks: usize, blk: usize, cin: usize, mr: usize, v: &[f32], nr: usize, m: &mut [f32]) {
+    assert!(u.len() >= positions * blocks * cin * mr && v.len() >= positions * cin * nr && m.len() >= positions * MAX_TILE);
+    for pos in 0..positions {
+        let w = u.as_ptr().add((pos * blocks + blk) * cin * mr);
+        microkernel::run(isa, mr, cin, w, v.as_ptr().add(pos * cin * nr), m.as_mut_ptr().add(pos * MAX_TILE), false);
+    }
 }

@@ -52,3 +52,42 @@ pub fn random(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Xorshift generator for fresh random test data (kernels are checked against their references on
+/// these, never on zeros).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    /// n values uniform in [-scale, scale).
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+}
+
+/// A conv (BN folded) with random weights scaled by √(3 / fan-in), so outputs stay O(1), and random
+/// biases; named by its geometry for failure messages.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_param(rng: &mut Rng, cin: usize, cout: usize, kh: usize, kw: usize, stride: usize, pad_h: usize, pad_w: usize, dil: usize) -> infnet::graph::ConvParam {
+    let k = cin * kh * kw;
+    infnet::graph::ConvParam {
+        name: format!("conv {cin}->{cout} {kh}x{kw}/s{stride} p{pad_h},{pad_w} d{dil}"),
+        cout,
+        cin,
+        kh,
+        kw,
+        stride,
+        pad_h,
+        pad_w,
+        dil,
+        weight: rng.vec(cout * k, (3.0 / k as f32).sqrt()),
+        bias: rng.vec(cout, 0.5),
+    }
+}
